@@ -1,0 +1,107 @@
+"""What the HTTP half and the real-time half of the local server share.
+
+The HTTP API (``api.py``, ``store.py``, ``server.py``) builds one
+:class:`ServerContext` and hands it to :func:`odyssey_sync.local.signaling.setup_realtime`,
+which registers the signaling, streamer and WHEP routes on the same
+aiohttp application. The real-time half talks back only through the
+methods declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .faults import Faults
+
+__all__ = ["ServerConfig", "ServerContext", "StreamSink"]
+
+
+@dataclass
+class ServerConfig:
+    """Options of one local server (constructor kwargs of ``LocalOdyssey``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = pick a free port
+    api_key: str | None = None  # None = generate one (printed by ``serve``)
+    data_dir: Path | None = None  # None = user cache dir / odyssey-sync / local
+    fps: float = 30.0
+    #: landscape frame size (width, height); portrait streams use (height, width)
+    size: tuple[int, int] = (1280, 704)
+    #: "vp8", "h264", or "any" (offer VP8 then H.264, the peer picks)
+    codec: str = "vp8"
+    #: streamer slots; when all are allocated /sessions/request answers 503
+    capacity: int = 1
+    #: maximum stream duration in seconds (then session_timeout + stream_ended)
+    session_timeout: float = 300.0
+    #: allocations one API key may hold at once (429 CONCURRENT_LIMIT_REACHED beyond)
+    max_concurrent_per_key: int = 4
+    #: streamed seconds one key may use in total (429 MONTHLY_LIMIT_REACHED beyond); None = unlimited
+    quota_seconds: float | None = None
+    #: keys allowed to use bypass_vlm_expansion
+    bypass_privileged: bool = True
+    auth_token_ttl: int = 3600
+    session_token_ttl: int = 600
+    signed_url_ttl: int = 3600
+    #: render recordings (MP4) when streams end; tests may turn it off for speed
+    recordings: bool = True
+
+
+class StreamSink(Protocol):
+    """Calls the real-time half makes into the HTTP half's state (thread: server loop)."""
+
+    def session_owner(self, session_id: str) -> str | None:
+        """The API-key id owning a live allocation, or None when unknown/freed."""
+
+    def verify_session_token(self, token: str, session_id: str) -> bool:
+        """True when ``token`` is a valid, unexpired signaling JWT for ``session_id``."""
+
+    def stream_started(
+        self,
+        *,
+        stream_id: str,
+        session_id: str,
+        width: int,
+        height: int,
+        fps: float,
+        prompt: str,
+        applied_prompt: str,
+        portrait: bool,
+        image: bytes | None,
+        broadcast: bool,
+    ) -> None:
+        """A stream began at frame 0 (``image``: the decoded input image file bytes)."""
+
+    def stream_interacted(self, stream_id: str, frame: int, prompt: str) -> None:
+        """An ``update`` took effect from frame number ``frame`` of that stream."""
+
+    def stream_ended(self, stream_id: str, frame_count: int) -> None:
+        """The stream ended after ``frame_count`` frames; its recording may be rendered."""
+
+    def session_closed(self, session_id: str) -> None:
+        """The client left (socket closed / client_disconnecting): free the allocation."""
+
+
+@dataclass
+class ServerContext:
+    config: ServerConfig
+    sink: StreamSink
+    faults: Faults = field(default_factory=Faults)
+    #: http://host:port of the bound server (set once listening)
+    base_url: str = ""
+    #: secret for HS256 tokens and URL signatures (never logged)
+    secret: bytes = field(default=b"", repr=False)
+
+    @property
+    def ws_base_url(self) -> str:
+        return "ws" + self.base_url[len("http"):]
+
+    @property
+    def signaling_url(self) -> str:
+        """Advertised as ``signalling_url``; /config and /client/{id} live under it."""
+        return self.ws_base_url + "/sig"
+
+    def frame_size(self, portrait: bool) -> tuple[int, int]:
+        w, h = self.config.size
+        return (h, w) if portrait else (w, h)
