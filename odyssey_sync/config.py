@@ -1,0 +1,141 @@
+"""Client configuration: one frozen, validated dataclass.
+
+``Odyssey(api_key, **kwargs)`` builds a :class:`ClientConfig` from its keyword
+arguments; every value is checked here, at construction, so a typo or a
+negative timeout fails before any thread starts or any byte leaves the machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["DEFAULT_API_URL", "PIXEL_FORMATS", "ClientConfig"]
+
+DEFAULT_API_URL = "https://api.odyssey.ml"
+
+#: Pixel layouts the frame ring can produce (``VideoFrame.data`` channel order).
+PIXEL_FORMATS = ("rgb24", "bgr24", "rgba")
+
+
+def _default_api_url() -> str:
+    # Read when the config is built (not at import), like the reference client,
+    # so tests and scripts may set the variable after importing the package.
+    return os.environ.get("ODYSSEY_API_URL") or DEFAULT_API_URL
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Every tunable of :class:`odyssey_sync.Odyssey`, validated on construction.
+
+    Timeouts are in seconds; ``None`` means "no limit" only where stated.
+
+    Attributes:
+        api_url: REST base URL (default ``$ODYSSEY_API_URL`` or ``https://api.odyssey.ml``).
+        debug: log protocol details at DEBUG level on the ``odyssey_sync`` logger.
+        connect_timeout: budget of the whole ``connect()``: allocation (queueing
+            included), signaling retries and WebRTC readiness share it.
+        request_timeout: per HTTP request (REST).
+        stream_timeout: default of ``start_stream`` / ``interact`` / ``end_stream``.
+        max_retries: retries of the signaling step (0 disables retries).
+        initial_retry_delay: first retry delay.
+        max_retry_delay: cap of the retry delay.
+        retry_backoff_multiplier: delay = min(initial × multiplier^n, max).
+        queue_timeout: how long to keep polling while every streamer is busy (503); 0 fails at once.
+        ring_size: frame slots in the ring (≥ 2: one being written, one readable).
+        frame_format: ``"rgb24"`` (default, like the reference), ``"bgr24"`` (OpenCV) or ``"rgba"``.
+        callback_workers: dispatcher threads (1 = events and video share a
+            worker, which serialises them; 2 (default) = one for ordered events,
+            one for video frames).
+        low_latency: release each video frame to the decoder as soon as it is
+            complete (saves about one frame interval); ``False`` keeps aiortc's behaviour.
+        enable_telemetry: send lifecycle/error events to ``{api_url}/telemetry`` (off by default).
+        event_queue_size: bound of the ordered event queue (events beyond it
+            are dropped and counted).
+    """
+
+    api_url: str = field(default_factory=_default_api_url)
+    debug: bool = False
+    connect_timeout: float = 60.0
+    request_timeout: float = 10.0
+    stream_timeout: float = 30.0
+    max_retries: int = 5
+    initial_retry_delay: float = 1.0
+    max_retry_delay: float = 2.0
+    retry_backoff_multiplier: float = 2.0
+    queue_timeout: float = 30.0
+    ring_size: int = 4
+    frame_format: str = "rgb24"
+    callback_workers: int = 2
+    low_latency: bool = True
+    enable_telemetry: bool = False
+    event_queue_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.api_url, str) or not self.api_url.strip():
+            raise TypeError("api_url must be a non-empty string")
+        if not self.api_url.startswith(("http://", "https://")):
+            raise ValueError(f"api_url must start with http:// or https://, got {self.api_url!r}")
+        for name in ("debug", "low_latency", "enable_telemetry"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool")
+        for name in ("connect_timeout", "request_timeout", "stream_timeout"):
+            _positive(name, getattr(self, name))
+        for name in ("initial_retry_delay", "max_retry_delay", "queue_timeout"):
+            _non_negative(name, getattr(self, name))
+        _non_negative("retry_backoff_multiplier", self.retry_backoff_multiplier)
+        if self.retry_backoff_multiplier < 1:
+            raise ValueError("retry_backoff_multiplier must be >= 1")
+        _int_at_least("max_retries", self.max_retries, 0)
+        _int_at_least("ring_size", self.ring_size, 2)
+        _int_at_least("callback_workers", self.callback_workers, 1)
+        _int_at_least("event_queue_size", self.event_queue_size, 16)
+        if self.frame_format not in PIXEL_FORMATS:
+            raise ValueError(
+                f"frame_format must be one of {PIXEL_FORMATS}, got {self.frame_format!r}"
+            )
+        if self.callback_workers > 2:
+            raise ValueError("callback_workers must be 1 or 2 (events stay ordered on one worker)")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> ClientConfig:
+        """Build from ``Odyssey(**kwargs)``; unknown names raise ``TypeError`` listing them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown Odyssey option(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+    def retry_delay(self, retries_so_far: int) -> float:
+        """Delay before retry number ``retries_so_far + 1`` (PROTOCOL §2.1)."""
+        return float(
+            min(self.initial_retry_delay * self.retry_backoff_multiplier**retries_so_far,
+                self.max_retry_delay)
+        )
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    return float(value)
+
+
+def _positive(name: str, value: Any) -> None:
+    if _number(name, value) <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def _non_negative(name: str, value: Any) -> None:
+    if _number(name, value) < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def _int_at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
