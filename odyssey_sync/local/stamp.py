@@ -84,9 +84,9 @@ _AMBIGUOUS_HIGH = 175.0
 # A fixed pseudo-random whitening mask (the first 72 bits of
 # SHA-256("odyssey_sync stamp v1")),
 # so frame 0 at time 0 is not an all-black band, and uniform regions never decode.
-_WHITEN = np.unpackbits(
-    np.frombuffer(bytes.fromhex("96823370b602d09527"), dtype=np.uint8)
-)[:_PAYLOAD_BITS]
+_WHITEN = np.unpackbits(np.frombuffer(bytes.fromhex("96823370b602d09527"), dtype=np.uint8))[
+    :_PAYLOAD_BITS
+]
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _payload_bits(frame: int, time_us: int) -> npt.NDArray[np.uint8]:
 
 
 def _filler(n: int) -> npt.NDArray[np.uint8]:
-    return (np.arange(n) % 2).astype(np.uint8) ^ 1
+    return np.asarray(np.arange(n) % 2 == 0, dtype=np.uint8)
 
 
 def _check_image(image: object, name: str = "image") -> npt.NDArray[np.uint8]:
