@@ -50,7 +50,9 @@ import itertools
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
@@ -63,7 +65,7 @@ from .errors import OdysseyAuthError, OdysseyConnectionError, OdysseyTimeoutErro
 if TYPE_CHECKING:
     from aiortc import RTCIceServer, RTCPeerConnection
 
-__all__ = ["SpectatorConnection", "connect_to_stream"]
+__all__ = ["SpectatorConnection", "SpectatorStats", "connect_to_stream"]
 
 log = logging.getLogger("odyssey_sync.spectator")
 
@@ -83,6 +85,64 @@ VideoFrameCallback = Callable[[Any], None]
 DisconnectedCallback = Callable[[], None]
 
 _ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class SpectatorStats:
+    """Frame counters of one spectator connection (a snapshot).
+
+    Attributes:
+        received: frames decoded and published into the ring.
+        dropped: decoded frames discarded because every ring slot was held.
+        delivered: frames handed to ``on_video_frame``.
+        skipped: frames superseded before the callback got to them (latest-wins).
+        callback_errors: ``on_video_frame`` / ``on_disconnected`` calls that raised.
+        fps: received frames per second since the first one.
+        convert_us_p50 / convert_us_p99: decoded picture → ring slot conversion, µs.
+        delivery_us_p50 / delivery_us_p99: frame published → callback start, µs.
+    """
+
+    received: int = 0
+    dropped: int = 0
+    delivered: int = 0
+    skipped: int = 0
+    callback_errors: int = 0
+    fps: float = 0.0
+    convert_us_p50: float = 0.0
+    convert_us_p99: float = 0.0
+    delivery_us_p50: float = 0.0
+    delivery_us_p99: float = 0.0
+
+    @classmethod
+    def collect(cls, ring: Any, dispatch: Any, first_frame_at: float | None) -> SpectatorStats:
+        if ring is None:
+            return cls()
+        r = ring.stats
+        d = dispatch.stats() if dispatch is not None else None
+        elapsed = time.monotonic() - first_frame_at if first_frame_at is not None else 0.0
+        return cls(
+            received=r.written,
+            dropped=r.dropped,
+            delivered=d.delivered if d else 0,
+            skipped=d.skipped if d else 0,
+            callback_errors=d.callback_errors if d else 0,
+            fps=(r.written - 1) / elapsed if elapsed > 0 and r.written > 1 else 0.0,
+            convert_us_p50=r.convert_us_p50,
+            convert_us_p99=r.convert_us_p99,
+            delivery_us_p50=d.delivery_us_p50 if d else 0.0,
+            delivery_us_p99=d.delivery_us_p99 if d else 0.0,
+        )
+
+
+def _apply_low_latency(pc: RTCPeerConnection) -> None:
+    """Release each video frame to the decoder as soon as it is complete (if available)."""
+    try:
+        from ._jitter import apply_low_latency  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "video":
+            apply_low_latency(transceiver.receiver)
 
 
 # --------------------------------------------------------------------------- HTTP side
@@ -291,6 +351,8 @@ class SpectatorConnection:
         self._ring: Any = None
         self._dispatch: Any = None
         self._url_shown = ""
+        self._first_frame_at: float | None = None
+        self._low_latency = True
 
     # ---------------------------------------------------------------- public
     @property
@@ -308,9 +370,9 @@ class SpectatorConnection:
         return self._pc
 
     @property
-    def stats(self) -> Any:
-        """Frame counters and latency percentiles (same shape as ``Odyssey.stats``)."""
-        return self._ring.stats if self._ring is not None else None
+    def stats(self) -> SpectatorStats:
+        """A snapshot of the frame counters and latency percentiles (non-blocking, any thread)."""
+        return SpectatorStats.collect(self._ring, self._dispatch, self._first_frame_at)
 
     def get_latest_frame(self, timeout: float | None = None) -> Any:
         """The newest decoded frame, waiting for the first one if none arrived yet.
@@ -508,6 +570,8 @@ class SpectatorConnection:
             await self._pc.setRemoteDescription(answer)
         except ValueError as exc:
             raise OdysseyConnectionError(f"WHEP answer rejected: {exc}") from exc
+        if self._low_latency:
+            _apply_low_latency(self._pc)
         with contextlib.suppress(Exception):  # SSRC is only needed for the PLI
             for media in SessionDescription.parse(answer_sdp).media:
                 if media.kind == "video" and media.ssrc:
@@ -550,7 +614,8 @@ class SpectatorConnection:
                 frame = await track.recv()
                 # Converted straight into a ring slot; the dispatcher's video
                 # worker (and pullers) wait on the ring, nothing is queued here.
-                self._ring.write(frame)
+                if self._ring.write(frame) is not None and self._first_frame_at is None:
+                    self._first_frame_at = time.monotonic()
         except MediaStreamError:
             log.debug("spectator %d: video track ended", self._id)
         finally:

@@ -137,7 +137,7 @@ def whep_http() -> Iterator[str]:
     _Whep.seen = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Whep)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="test-whep-http", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="test-whep-http", daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
