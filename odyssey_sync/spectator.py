@@ -142,7 +142,10 @@ def _apply_low_latency(pc: RTCPeerConnection) -> None:
         return
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "video":
-            apply_low_latency(transceiver.receiver)
+            try:
+                apply_low_latency(transceiver.receiver)
+            except Exception:  # a changed aiortc seam must not break watching
+                log.warning("low-latency receive path unavailable", exc_info=True)
 
 
 # --------------------------------------------------------------------------- HTTP side
@@ -429,7 +432,7 @@ class SpectatorConnection:
         deadline = Deadline(timeout)
         ring = self._ring
         while True:
-            if ring is None or self._closed:
+            if ring is None or self._closed or ring.closed:
                 raise OdysseyConnectionError("spectator connection is closed")
             frame = ring.wait_newer(after_seq, timeout=deadline.clamp(0.2))
             if frame is not None:
@@ -614,7 +617,12 @@ class SpectatorConnection:
                 frame = await track.recv()
                 # Converted straight into a ring slot; the dispatcher's video
                 # worker (and pullers) wait on the ring, nothing is queued here.
-                if self._ring.write(frame) is not None and self._first_frame_at is None:
+                try:
+                    seq = self._ring.write(frame)
+                except Exception:  # a conversion bug must not stop draining the track
+                    log.exception("spectator %d: frame conversion failed", self._id)
+                    continue
+                if seq is not None and self._first_frame_at is None:
                     self._first_frame_at = time.monotonic()
         except MediaStreamError:
             log.debug("spectator %d: video track ended", self._id)
