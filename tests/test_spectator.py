@@ -94,7 +94,9 @@ class _Whep(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.seen.append(("GET", self.path, dict(self.headers), b""))
         if self.path == "/config":
-            payload = b'{"iceServers": [{"urls": "turn:x:3478", "username": "u", "credential": "c"}]}'
+            payload = (
+                b'{"iceServers": [{"urls": "turn:x:3478", "username": "u", "credential": "c"}]}'
+            )
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -137,7 +139,9 @@ def whep_http() -> Iterator[str]:
     _Whep.seen = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Whep)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="test-whep-http", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="test-whep-http", daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

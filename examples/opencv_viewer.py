@@ -1,0 +1,94 @@
+"""Show a live Odyssey stream in an OpenCV window; type to interact.
+
+The window loop pulls the newest frame with ``get_latest_frame()`` (no
+callbacks, no queues: if drawing is slow, frames are skipped, never delayed).
+Keys: ``q``/Esc quits, ``1``–``3`` send canned interactions, ``Space`` opens a
+prompt in the terminal. Frames are asked for in BGR (``frame_format="bgr24"``),
+OpenCV's own channel order, so nothing is converted per frame.
+
+Needs OpenCV with GUI support (``pip install opencv-python``, not the
+``-headless`` wheel) and a display. Runs against the embedded local server by
+default; set ODYSSEY_API_KEY (and optionally ODYSSEY_API_URL) for the real
+service::
+
+    python examples/opencv_viewer.py "A lighthouse on a cliff at dusk"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+
+import cv2
+
+from odyssey_sync import Odyssey
+
+CANNED = {
+    ord("1"): "A storm rolls in from the sea",
+    ord("2"): "The lighthouse beam switches on",
+    ord("3"): "A ship passes on the horizon",
+}
+
+
+@contextlib.contextmanager
+def open_client() -> Iterator[Odyssey]:
+    """The real service when ODYSSEY_API_KEY is set, else an embedded local server."""
+    api_key = os.environ.get("ODYSSEY_API_KEY")
+    if api_key:
+        with Odyssey(api_key, frame_format="bgr24") as client:
+            yield client
+        return
+    from odyssey_sync.local import LocalOdyssey
+
+    with LocalOdyssey(size=(1280, 704), fps=30) as server, Odyssey(
+        server.api_key, api_url=server.url, frame_format="bgr24"
+    ) as client:
+        yield client
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("prompt", nargs="?", default="A lighthouse on a cliff at dusk")
+    parser.add_argument("--portrait", action="store_true")
+    args = parser.parse_args()
+
+    with open_client() as client:
+        client.connect()
+        client.start_stream(args.prompt, portrait=args.portrait)
+        cv2.namedWindow("odyssey", cv2.WINDOW_NORMAL)
+        busy = threading.Lock()  # one interaction in flight at a time
+
+        def interact(prompt: str) -> None:
+            # interact() blocks until acknowledged: run it off the UI thread.
+            def run() -> None:
+                with busy:
+                    print("acknowledged:", client.interact(prompt))
+
+            threading.Thread(target=run, name="viewer-interact", daemon=True).start()
+
+        while True:
+            frame = client.get_latest_frame(timeout=5.0)
+            try:
+                cv2.imshow("odyssey", frame.data)  # shown before the slot is released
+            finally:
+                frame.release()
+            key = cv2.waitKey(1) & 0xFF
+            if key in (ord("q"), 27) or cv2.getWindowProperty("odyssey", cv2.WND_PROP_VISIBLE) < 1:
+                break
+            if key in CANNED and not busy.locked():
+                interact(CANNED[key])
+            elif key == ord(" ") and not busy.locked():
+                prompt = input("prompt> ").strip()
+                if prompt:
+                    interact(prompt)
+        cv2.destroyAllWindows()
+        client.end_stream()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

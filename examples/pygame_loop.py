@@ -1,0 +1,128 @@
+"""A pygame game loop that draws the live Odyssey stream as its background.
+
+The loop runs at its own frame rate (60 fps here) and, each iteration, takes
+the *latest* video frame with ``get_latest_frame(timeout=0)`` — it never waits
+for the network: when no new frame arrived it simply redraws the last one.
+Arrow keys steer the world: every key press becomes an ``interact()`` sent on a
+helper thread, so the game loop never blocks on the network either.
+
+Works headless (``SDL_VIDEODRIVER=dummy``), e.g. to record frames on a server::
+
+    pip install pygame
+    python examples/pygame_loop.py
+    SDL_VIDEODRIVER=dummy python examples/pygame_loop.py --seconds 5 --small
+
+Runs against the embedded local server by default; set ODYSSEY_API_KEY (and
+optionally ODYSSEY_API_URL) for the real service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pygame
+
+from odyssey_sync import Odyssey
+from odyssey_sync.errors import OdysseyTimeoutError
+
+KEY_PROMPTS = {
+    pygame.K_LEFT: "The camera turns left",
+    pygame.K_RIGHT: "The camera turns right",
+    pygame.K_UP: "The camera flies forward",
+    pygame.K_DOWN: "The camera rises above the clouds",
+}
+
+
+@contextlib.contextmanager
+def open_client(small: bool) -> Iterator[Odyssey]:
+    """The real service when ODYSSEY_API_KEY is set, else an embedded local server."""
+    api_key = os.environ.get("ODYSSEY_API_KEY")
+    if api_key:
+        with Odyssey(api_key) as client:
+            yield client
+        return
+    from odyssey_sync.local import LocalOdyssey
+
+    size, fps = ((320, 176), 15) if small else ((1280, 704), 30)
+    with LocalOdyssey(size=size, fps=fps) as server, Odyssey(
+        server.api_key, api_url=server.url
+    ) as client:
+        yield client
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=None, help="quit after this long")
+    parser.add_argument("--small", action="store_true", help="small frames (local server only)")
+    args = parser.parse_args()
+
+    pygame.init()
+    try:
+        with open_client(args.small) as client:
+            client.connect()
+            client.start_stream("A floating island above a sea of clouds", portrait=False)
+            first = client.get_latest_frame(timeout=10.0)
+            width, height = first.width, first.height
+            first.release()
+            screen = pygame.display.set_mode((width, height))
+            pygame.display.set_caption("odyssey · arrows steer · Esc quits")
+            surface = pygame.Surface((width, height))
+            clock = pygame.time.Clock()
+            in_flight = threading.Lock()
+            drawn = loops = 0
+            last_seq = -1
+            start = time.monotonic()
+            running = True
+            while running:
+                for event in pygame.event.get():
+                    if event.type == pygame.QUIT or (
+                        event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE
+                    ):
+                        running = False
+                    elif (
+                        event.type == pygame.KEYDOWN
+                        and event.key in KEY_PROMPTS
+                        and in_flight.acquire(blocking=False)  # one interaction at a time
+                    ):
+                        prompt = KEY_PROMPTS[event.key]
+
+                        def send(p: str = prompt) -> None:
+                            try:
+                                client.interact(p)
+                            finally:
+                                in_flight.release()
+
+                        threading.Thread(target=send, name="game-interact", daemon=True).start()
+                try:
+                    frame = client.get_latest_frame(timeout=0)  # never wait in a game loop
+                except OdysseyTimeoutError:
+                    frame = None
+                if frame is not None:
+                    try:
+                        if frame.seq != last_seq and frame.width == width:
+                            # pygame wants (W, H, 3): a transposed view, copied once here.
+                            pygame.surfarray.blit_array(surface, frame.data.swapaxes(0, 1))
+                            last_seq = frame.seq
+                            drawn += 1
+                    finally:
+                        frame.release()
+                screen.blit(surface, (0, 0))
+                pygame.display.flip()
+                clock.tick(60)
+                loops += 1
+                if args.seconds is not None and time.monotonic() - start >= args.seconds:
+                    running = False
+            client.end_stream()
+        print(f"game loops={loops} video frames drawn={drawn}")
+    finally:
+        pygame.quit()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
