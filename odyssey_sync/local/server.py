@@ -1,0 +1,388 @@
+"""``LocalOdyssey``: the embedded Odyssey-compatible server, in-process.
+
+::
+
+    with LocalOdyssey(size=(320, 176), fps=15, data_dir=tmp) as server:
+        client = Odyssey(api_key=server.api_key, api_url=server.url)
+
+The server runs one asyncio loop on a named background thread
+(``odyssey-local-server``) that serves the HTTP API (:mod:`.api`), the
+simulation jobs (:mod:`.simulations`) and, when installed, the real-time half
+(signaling, WebRTC streamer, WHEP; :mod:`.signaling`). State lives in SQLite
+under ``data_dir`` (:mod:`.store`), so stopping and starting a server on the
+same directory keeps keys, recordings and jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from . import auth
+from .api import LocalBackend, build_app
+from .context import ServerConfig, ServerContext
+from .faults import Faults
+from .store import Row, Store
+
+__all__ = ["LocalOdyssey", "default_data_dir"]
+
+log = logging.getLogger("odyssey_sync.local")
+
+T = TypeVar("T")
+
+_DB_NAME = "odyssey-local.sqlite3"
+_KEY_FILE = "api_key"
+
+
+def default_data_dir() -> Path:
+    """``platformdirs.user_cache_dir("odyssey-sync") / "local"``."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("odyssey-sync")) / "local"
+
+
+def _check_config(config: ServerConfig) -> None:
+    """Reject bad options in the caller's thread, before anything starts."""
+    if not isinstance(config.host, str) or not config.host:
+        raise TypeError("host must be a non-empty string")
+    if isinstance(config.port, bool) or not isinstance(config.port, int) \
+            or not 0 <= config.port <= 65535:
+        raise ValueError("port must be an int in 0..65535")
+    if config.api_key is not None and (not isinstance(config.api_key, str) or not config.api_key):
+        raise ValueError("api_key must be a non-empty string or None")
+    if isinstance(config.fps, bool) or not isinstance(config.fps, (int, float)) \
+            or not 0 < config.fps <= 240:
+        raise ValueError("fps must be a number in (0, 240]")
+    size = config.size
+    if (not isinstance(size, tuple) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        raise TypeError("size must be a (width, height) tuple of ints")
+    if not all(16 <= v <= 4096 and v % 2 == 0 for v in size):
+        raise ValueError("size values must be even and within 16..4096")
+    if config.codec not in ("vp8", "h264", "any"):
+        raise ValueError("codec must be 'vp8', 'h264' or 'any'")
+    for name in ("capacity", "max_concurrent_per_key", "auth_token_ttl", "session_token_ttl",
+                 "signed_url_ttl"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1")
+    if not isinstance(config.session_timeout, (int, float)) or config.session_timeout <= 0:
+        raise ValueError("session_timeout must be a number > 0")
+    if config.quota_seconds is not None and (
+            not isinstance(config.quota_seconds, (int, float)) or config.quota_seconds < 0):
+        raise ValueError("quota_seconds must be a number >= 0 or None")
+
+
+class LocalOdyssey:
+    """An Odyssey-compatible server running on a background thread of this process.
+
+    Construction does nothing but validate options; :meth:`start` (or
+    ``with``) binds the socket and returns once the server is accepting
+    connections, or raises the start-up error (e.g. ``OSError`` for a port in
+    use) in the calling thread.
+
+    Args:
+        faults: a :class:`Faults` to share (default: a fresh one, see :attr:`faults`).
+        extra_api_keys: more keys the server accepts besides :attr:`api_key`
+            (each is a separate account: its own allocations, streams, jobs).
+        allocation_timeout: seconds an allocation may wait for its signaling
+            connection before its slot is reclaimed.
+        job_delay: seconds a simulation job spends in ``pending`` and again in
+            ``dispatched`` (so clients can observe and cancel those states).
+        **options: fields of :class:`ServerConfig` (``host``, ``port``,
+            ``api_key``, ``data_dir``, ``fps``, ``size``, ``codec``,
+            ``capacity``, ``session_timeout``, ...). Unknown names raise
+            ``TypeError``; bad values ``ValueError``.
+    """
+
+    def __init__(self, *, faults: Faults | None = None, extra_api_keys: Iterable[str] = (),
+                 allocation_timeout: float = 60.0, job_delay: float = 0.2,
+                 **options: Any) -> None:
+        if "data_dir" in options and options["data_dir"] is not None:
+            options["data_dir"] = Path(options["data_dir"])
+        if "size" in options and isinstance(options["size"], list):
+            options["size"] = tuple(options["size"])
+        self._config = ServerConfig(**options)
+        _check_config(self._config)
+        if faults is not None and not isinstance(faults, Faults):
+            raise TypeError("faults must be a Faults instance")
+        extra = list(extra_api_keys)
+        if not all(isinstance(k, str) and k for k in extra):
+            raise TypeError("extra_api_keys must be non-empty strings")
+        if allocation_timeout <= 0 or job_delay < 0:
+            raise ValueError("allocation_timeout must be > 0 and job_delay >= 0")
+        self._faults = faults if faults is not None else Faults()
+        self._extra_keys = extra
+        self._allocation_timeout = float(allocation_timeout)
+        self._job_delay = float(job_delay)
+        self._data_dir = self._config.data_dir or default_data_dir()
+        self._api_key: str | None = None
+        self._url = ""
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._store: Store | None = None
+        self._backend: LocalBackend | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopped = False
+
+    def __repr__(self) -> str:  # no API key here, ever
+        state = "running" if self.running else "stopped"
+        return f"<LocalOdyssey {self._url or '(not started)'} {state}>"
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """Base URL of the API (``http://127.0.0.1:PORT``); "" before :meth:`start`."""
+        return self._url
+
+    @property
+    def api_key(self) -> str:
+        """The server's development API key (fixed by ``api_key=`` or generated and kept
+        in ``data_dir``). Raises ``RuntimeError`` before :meth:`start`."""
+        if self._api_key is None:
+            raise RuntimeError("the server has not been started")
+        return self._api_key
+
+    @property
+    def faults(self) -> Faults:
+        """The live fault switches (thread-safe; changes apply to the next request)."""
+        return self._faults
+
+    @property
+    def config(self) -> ServerConfig:
+        return self._config
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopped
+
+    @property
+    def context(self) -> ServerContext:
+        """The shared :class:`ServerContext` (advanced use and tests)."""
+        return self._require_backend().ctx
+
+    @property
+    def backend(self) -> LocalBackend:
+        """The HTTP half's state object (advanced use and tests)."""
+        return self._require_backend()
+
+    def _require_backend(self) -> LocalBackend:
+        if self._backend is None:
+            raise RuntimeError("the server has not been started")
+        return self._backend
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> LocalOdyssey:
+        """Start serving; blocks until listening (at most ``timeout`` seconds).
+
+        Returns ``self``. Raises the start-up error in this thread (``OSError``
+        when the port is taken, ``sqlite3.Error`` for an unusable data
+        directory), :class:`~odyssey_sync.errors.OdysseyTimeoutError` when not
+        ready in time, ``RuntimeError`` when started twice.
+        """
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("LocalOdyssey can be started only once")
+            self._prepare_state()
+            ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+            self._thread = threading.Thread(target=self._thread_main, args=(ready,),
+                                            name="odyssey-local-server", daemon=True)
+            # daemon: a test that forgets stop() must not hang interpreter exit;
+            # stop() still joins it explicitly.
+            self._thread.start()
+        try:
+            ready.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            self.stop()
+            from ..errors import OdysseyTimeoutError
+
+            raise OdysseyTimeoutError(f"local server not ready after {timeout:g} s") from None
+        except BaseException:
+            self._thread.join(timeout=10.0)
+            self._close_store()
+            self._stopped = True
+            raise
+        log.info("local Odyssey server listening on %s (data: %s)", self._url, self._data_dir)
+        return self
+
+    def _prepare_state(self) -> None:
+        """Open the store and register keys (caller's thread, before the loop starts)."""
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(self._data_dir / _DB_NAME)
+        try:
+            key = self._config.api_key or self._stored_or_new_key()
+            primary_hash = auth.hash_api_key(key)
+            store.add_key(primary_hash, auth.key_id_for(primary_hash), "primary")
+            for extra in self._extra_keys:
+                h = auth.hash_api_key(extra)
+                store.add_key(h, auth.key_id_for(h), "extra")
+            self._api_key = key
+            self._backend = LocalBackend(
+                self._config, self._faults, store, self._data_dir,
+                primary_key_id=auth.key_id_for(primary_hash),
+                allocation_timeout=self._allocation_timeout, job_delay=self._job_delay)
+        except BaseException:
+            store.close()
+            raise
+        self._store = store
+
+    def _stored_or_new_key(self) -> str:
+        path = self._data_dir / _KEY_FILE
+        if path.is_file():
+            key = path.read_text(encoding="utf-8").strip()
+            if key:
+                return key
+        key = auth.generate_api_key()
+        # Written owner-only: it is a credential, even if only a local one.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(key + "\n")
+        return key
+
+    def _thread_main(self, ready: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            try:
+                loop.run_until_complete(self._serve())
+            except BaseException as exc:
+                ready.set_exception(exc)
+                loop.run_until_complete(self._teardown())
+                return
+            ready.set_result(None)
+            loop.run_forever()
+            loop.run_until_complete(self._teardown())
+        except Exception:  # pragma: no cover - teardown bugs must not kill silently
+            log.exception("local server loop crashed")
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    async def _serve(self) -> None:
+        backend = self._require_backend()
+        backend.recover()
+        app = build_app(backend)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = runner
+        await runner.setup()
+        site = web.TCPSite(runner, self._config.host, self._config.port,
+                           reuse_address=True)
+        await site.start()
+        sockname = runner.addresses[0]
+        port = int(sockname[1])
+        host = self._config.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"  # a wildcard bind is reached through loopback here
+        if ":" in host:
+            host = f"[{host}]"
+        self._url = f"http://{host}:{port}"
+        backend.ctx.base_url = self._url
+
+    async def _teardown(self) -> None:
+        if self._runner is not None:
+            try:
+                await asyncio.wait_for(self._runner.cleanup(), timeout=10.0)
+            except Exception:
+                log.exception("error while closing the HTTP server")
+        if self._backend is not None:
+            await self._backend.shutdown()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and join the server thread (idempotent, blocking ≤ ~``timeout`` s).
+
+        Live allocations are dropped, running renders are allowed to finish
+        (bounded by the join), and the SQLite connection is closed.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            thread, loop = self._thread, self._loop
+        if thread is None:
+            self._close_store()
+            return
+        if threading.current_thread() is thread:
+            raise RuntimeError("stop() called from the server's own loop thread")
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closed in between
+                loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("local server thread did not stop within %.1f s", timeout)
+        if self._backend is not None:
+            # Render threads: wait for the one that may be mid-file so nothing
+            # writes into data_dir after stop() returns.
+            self._backend.render_pool.shutdown(wait=True, cancel_futures=True)
+        self._close_store()
+
+    def _close_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> LocalOdyssey:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- helpers for tests and tools -----------------------------------------
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0,
+             **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the server loop thread and return its result.
+
+        Blocking (≤ ``timeout`` s). Use it to drive the :class:`StreamSink` the way
+        the real-time half does (``server.call(server.context.sink.stream_ended, ...)``).
+        Raises ``RuntimeError`` if called from the loop thread itself or when not
+        running, :class:`~odyssey_sync.errors.OdysseyTimeoutError` on timeout, and
+        whatever ``fn`` raises.
+        """
+        loop = self._loop
+        if loop is None or not self.running:
+            raise RuntimeError("the server is not running")
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("call() from the server loop thread would deadlock")
+
+        async def invoke() -> T:
+            return fn(*args, **kwargs)
+
+        future = asyncio.run_coroutine_threadsafe(invoke(), loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            from ..errors import OdysseyTimeoutError
+
+            raise OdysseyTimeoutError(f"server call timed out after {timeout:g} s") from None
+
+    def wait_for_recording(self, stream_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Block until the recording of ``stream_id`` is rendered (or failed/disabled).
+
+        Returns the stream's stored row (``render_state``, ``frame_count``,
+        ``duration_seconds``, ``width``, ``height``, ...). Raises
+        :class:`~odyssey_sync.errors.OdysseyTimeoutError` after ``timeout``
+        seconds (also for an unknown stream id).
+        """
+        row: Row = self._require_backend().wait_for_recording(stream_id, timeout)
+        return dict(row)
