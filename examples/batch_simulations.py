@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from odyssey_sync import Odyssey
+from odyssey_sync.errors import OdysseyStreamError
 
 SCENARIOS = {
     "cat": ["A cat asleep on a windowsill", "The cat wakes up", "The cat stretches"],
@@ -75,14 +76,16 @@ def main() -> int:
 
         failures = 0
         for name, job_id in jobs.items():
-            job = client.wait_for_simulation(job_id, timeout=args.timeout)
-            print(f"{name}: {job.status}")
-            if str(job.status) != "completed":
+            try:
+                job = client.wait_for_simulation(job_id, timeout=args.timeout, progress=False)
+            except OdysseyStreamError as exc:  # the job failed or was cancelled
+                print(f"{name}: {exc.reason}: {exc.message}")
                 failures += 1
                 continue
+            print(f"{name}: {job.status}")
             for stream in job.streams:
                 target = args.out / f"{name}-{stream.stream_id}.mp4"
-                client.download_recording(stream.stream_id, target)
+                client.download_recording(stream.stream_id, target, progress=False)
                 print(f"  saved {target} ({target.stat().st_size} bytes)")
     return 1 if failures else 0
 

@@ -740,8 +740,8 @@ def _download_streams(client: Any, job: Any, directory: Path, out: Output) -> li
     saved: list[str] = []
     for stream in job.streams:
         target = directory / f"{stream.stream_id}.mp4"
-        path = client.download_recording(stream.stream_id, target)
-        saved.append(str(path if path is not None else target))
+        path = client.download_recording(stream.stream_id, target, progress=True)
+        saved.append(str(path))
         out.info(f"downloaded {saved[-1]}")
     return saved
 
@@ -755,11 +755,11 @@ def cmd_simulate(args: argparse.Namespace, out: Output) -> int:
         job = client.simulate(**spec, portrait=args.portrait)
         out.info(f"simulation job {job.job_id}: {job.status}")
         if args.wait or args.download is not None:
-            job = _wait_with_progress(client, job.job_id, args.timeout, out)
+            # Raises OdysseyStreamError when the job fails or is cancelled;
+            # the status line goes to stderr, so --json output stays clean.
+            job = client.wait_for_simulation(job.job_id, timeout=args.timeout, progress=True)
         saved: list[str] = []
         if args.download is not None:
-            if str(job.status) != "completed":
-                raise OdysseyError(f"job {job.job_id} ended {job.status}; nothing to download")
             saved = _download_streams(client, job, args.download, out)
     result = to_jsonable(job)
     if saved:
@@ -773,33 +773,7 @@ def cmd_simulate(args: argparse.Namespace, out: Output) -> int:
             out.line(f"  error: {job.error_message}")
 
     out.result(result, human)
-    return EXIT_OK if str(job.status) != "failed" else EXIT_FAILURE
-
-
-def _wait_with_progress(client: Any, job_id: str, timeout: float, out: Output) -> Any:
-    """Poll the job until it is final, showing a status bar on stderr."""
-    from tqdm import tqdm
-
-    from .errors import OdysseyTimeoutError
-
-    states = ["pending", "dispatched", "processing", "completed"]
-    deadline = time.monotonic() + timeout
-    delay = 0.25
-    with tqdm(total=len(states) - 1, desc=job_id[:16], file=out.stderr, unit="step",
-              bar_format="{desc}: {bar} {postfix}", disable=None) as bar:
-        while True:
-            job = client.get_simulate_status(job_id)
-            status = str(job.status)
-            bar.set_postfix_str(status)
-            if status in states:
-                bar.n = states.index(status)
-                bar.refresh()
-            if job.status.is_final:
-                return job
-            if time.monotonic() >= deadline:
-                raise OdysseyTimeoutError(f"job {job_id} still {status} after {timeout:g} s")
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 5.0)
+    return EXIT_OK
 
 
 def cmd_recordings_list(args: argparse.Namespace, out: Output) -> int:
@@ -837,8 +811,7 @@ def cmd_recordings_download(args: argparse.Namespace, out: Output) -> int:
     _check_out_path(target)
     client = _client(args)
     with client:
-        path = client.download_recording(args.stream_id, target)
-    saved = Path(path) if path is not None else target
+        saved = Path(client.download_recording(args.stream_id, target, progress=True))
     out.result({"stream_id": args.stream_id, "path": str(saved)},
                lambda: out.line(f"saved {saved}"))
     return EXIT_OK
