@@ -33,6 +33,7 @@ import dataclasses
 import enum
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -482,64 +483,63 @@ class Window:
 
 
 def _pump_frames(
-    frames: Callable[[float], Any],
+    source: Any,
     seconds: float,
     writer: VideoWriter | None,
     window: Window | None,
     stop: threading.Event | None = None,
+    frame_timeout: float = 10.0,
 ) -> int:
-    """Pull frames for ``seconds`` into the writer/window; returns frames seen.
+    """Take each new frame of ``source.frames()`` for ``seconds``; returns frames seen.
 
-    ``frames(timeout)`` returns the next newer frame or raises TimeoutError.
+    Frames go to the writer and/or window; the iterator releases each frame's
+    ring slot when it advances. Ends early when ``stop`` is set, the window is
+    closed or the source ends (a broadcast that stopped).
+
+    Raises:
+        OdysseyTimeoutError: no new frame within ``frame_timeout`` seconds.
     """
     seen = 0
     end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        if stop is not None and stop.is_set():
-            break
-        try:
-            frame = frames(min(left, 0.5))
-        except TimeoutError:
-            continue
-        if frame is None:  # source ended
-            break
+    for frame in source.frames(timeout=frame_timeout):
         seen += 1
-        try:
-            if writer is not None:
-                writer.write(frame.data)
-            if window is not None:
-                window.show(frame.data)
-        finally:
-            _release(frame)
-        if window is not None and window.closed:
+        if writer is not None:
+            writer.write(frame.data)
+        if window is not None:
+            window.show(frame.data)
+        if (
+            time.monotonic() >= end
+            or (stop is not None and stop.is_set())
+            or (window is not None and window.closed)
+        ):
             break
     return seen
 
 
-def _release(frame: Any) -> None:
-    """Give a pulled frame's ring slot back as soon as we are done with it."""
-    release = getattr(frame, "release", None)
-    if callable(release):
-        release()
+class _Recorder:
+    """Pumps frames into a writer on a named helper thread (``interact --out``)."""
 
+    def __init__(self, source: Any, writer: VideoWriter) -> None:
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.frames = 0
+        self._thread = threading.Thread(
+            target=self._run, args=(source, writer), name="odyssey-cli-recorder", daemon=True
+        )
+        self._thread.start()
 
-def _next_frame_fn(source: Any) -> Callable[[float], Any]:
-    """``timeout -> frame``: the next frame newer than the last one returned.
+    def _run(self, source: Any, writer: VideoWriter) -> None:
+        try:
+            self.frames = _pump_frames(source, math.inf, writer, None, self.stop)
+        except BaseException as exc:  # reported by join() on the main thread
+            self.error = exc
 
-    Raises ``TimeoutError`` when no newer frame arrived within ``timeout``.
-    """
-    last: dict[str, Any] = {"seq": None}
-
-    def next_newer(timeout: float) -> Any:
-        frame = source.get_latest_frame(timeout=timeout)
-        seq = getattr(frame, "seq", None)
-        if seq is not None and seq == last["seq"]:
-            _release(frame)
-            raise TimeoutError
-        last["seq"] = seq
-        return frame
-
-    return next_newer
+    def join(self, timeout: float = 15.0) -> None:
+        """Stop recording and wait for the thread; re-raises its error, if any."""
+        self.stop.set()
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
 
 
 @contextmanager
@@ -609,7 +609,7 @@ def cmd_stream(args: argparse.Namespace, out: Output) -> int:
             stream_id = client.start_stream(args.prompt, **kwargs)
             out.info(f"stream started: {stream_id}")
             started = time.monotonic()
-            frames = _pump_frames(_next_frame_fn(client), args.seconds, writer, window)
+            frames = _pump_frames(client, args.seconds, writer, window)
             elapsed = time.monotonic() - started
             client.end_stream()
     result: dict[str, Any] = {
@@ -634,7 +634,6 @@ def cmd_interact(args: argparse.Namespace, out: Output) -> int:
     image = _read_image(args.image)
     _check_out_path(args.out)
     writer = VideoWriter(args.out) if args.out is not None else None
-    stop = threading.Event()
     acks: list[str] = []
     try:
         client = _client(args)
@@ -647,17 +646,9 @@ def cmd_interact(args: argparse.Namespace, out: Output) -> int:
             stream_id = client.start_stream(args.prompt, **kwargs)
             out.info(f"stream started: {stream_id} (one interaction per line; EOF ends)")
             out.event({"event": "stream_started", "stream_id": stream_id})
-            recorder: threading.Thread | None = None
-            if writer is not None:
-                # Frames are recorded on a helper thread while the main thread
-                # blocks on stdin; it stops and is joined before we return.
-                recorder = threading.Thread(
-                    target=_pump_frames,
-                    args=(_next_frame_fn(client), 24 * 3600.0, writer, None, stop),
-                    name="odyssey-cli-recorder",
-                    daemon=True,
-                )
-                recorder.start()
+            # Frames are recorded on a helper thread while the main thread
+            # blocks on stdin; it is stopped and joined before the stream ends.
+            recorder = _Recorder(client, writer) if writer is not None else None
             try:
                 for raw in sys.stdin:
                     prompt = raw.strip()
@@ -668,13 +659,11 @@ def cmd_interact(args: argparse.Namespace, out: Output) -> int:
                     out.line(f"acknowledged: {ack}")
                     out.event({"event": "interact_acknowledged", "prompt": ack})
             finally:
-                stop.set()
                 if recorder is not None:
-                    recorder.join(timeout=5.0)
+                    recorder.join()
             client.end_stream()
             out.event({"event": "stream_ended", "stream_id": stream_id})
     finally:
-        stop.set()
         if writer is not None:
             writer.close()
     if not out.as_json:
@@ -701,7 +690,7 @@ def cmd_spectate(args: argparse.Namespace, out: Output) -> int:
         ) as spectator:
             out.info("watching")
             started = time.monotonic()
-            frames = _pump_frames(_next_frame_fn(spectator), args.seconds, writer, window, ended)
+            frames = _pump_frames(spectator, args.seconds, writer, window, ended)
             elapsed = time.monotonic() - started
     result = {"frames": frames, "seconds": round(elapsed, 3), "ended": ended.is_set(),
               "out": str(args.out) if args.out else None}
