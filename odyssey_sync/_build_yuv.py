@@ -1,0 +1,55 @@
+"""cffi API-mode builder for ``odyssey_sync._yuv`` (the native frame converter).
+
+Used by setup.py through ``cffi_modules=["odyssey_sync/_build_yuv.py:ffibuilder"]``,
+or directly (``python3 odyssey_sync/_build_yuv.py``) to compile in place.
+
+API mode matters: out-of-line API-mode calls release the GIL around every C call,
+so frame conversion runs in parallel with other Python threads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from cffi import FFI
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CSRC = os.path.join(os.path.dirname(_HERE), "csrc")
+
+CDEF = """
+int oys_cpu_level(void);
+int oys_active_level(void);
+int oys_set_level(int level);
+int oys_convert(const uint8_t *y, ptrdiff_t y_stride,
+                const uint8_t *u, const uint8_t *v, ptrdiff_t c_stride, int c_step,
+                uint8_t *dst, ptrdiff_t dst_stride,
+                int width, int height, int out_format, int matrix, int full_range);
+int oys_gil_probe(volatile int32_t *flag, int64_t max_spins);
+"""
+
+
+def _compile_args() -> list[str]:
+    if sys.platform == "win32":
+        return ["/O2"]
+    # -O3 for the scalar tail; the SIMD tiers use intrinsics and target attributes,
+    # so no -mavx2 here: the module must still load on CPUs without AVX2.
+    return ["-O3", "-std=c99", "-fno-strict-aliasing"]
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "odyssey_sync._yuv",
+    '#include "oys_yuv.h"',
+    sources=[os.path.relpath(os.path.join(_CSRC, "oys_yuv.c"))],
+    include_dirs=[os.path.relpath(_CSRC)],
+    # Listed so sdists carry the header and edits to it trigger a rebuild.
+    depends=[os.path.relpath(os.path.join(_CSRC, "oys_yuv.h"))],
+    extra_compile_args=_compile_args(),
+)
+
+if __name__ == "__main__":
+    # Build next to the sources so the repo tree imports it (pytest pythonpath=".").
+    os.chdir(os.path.dirname(_HERE))
+    ffibuilder.compile(tmpdir=".", verbose=True)
