@@ -1,0 +1,636 @@
+"""The local server's WebRTC streamer: one aiortc peer per signaling connection.
+
+PROTOCOL.md §5–§6. The server is the offerer; its offer carries one send-only
+video m-section (VP8 and/or constrained-baseline H.264, packetization-mode 1,
+per ``ServerConfig.codec``), no audio, and the two server-created data channels
+``clientToStreamer`` and ``streamerToClient`` (reliable, ordered, UTF-8 JSON
+text). aiortc gathers host candidates before it returns the offer, so they are
+all in the SDP and nothing is trickled.
+
+Video comes from a :class:`WorldTrack` that renders at ``ServerConfig.fps``:
+a dark stamped idle picture between streams, the stream's world while a stream
+runs (frame numbers restart at 0 with every stream). All consumers — the
+client's sender and any WHEP spectators — read it through one
+:class:`aiortc.contrib.media.MediaRelay`, so spectators see exactly the frames
+the client sees.
+
+The application protocol (``interactive_stream_start`` / ``update`` /
+``interactive_stream_end`` and the replies) is served by :class:`StreamerSession`.
+Inbound messages from both transports (data channel and signaling WebSocket)
+go through one queue and are handled strictly in arrival order by one task, so
+an ``ack_delay`` fault delays later replies too instead of reordering them.
+
+Threads: everything runs on the server's event loop; world rendering of large
+frames and image decoding run in the loop's default executor so that a 1280×704
+render does not stall ICE/DTLS/SCTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Protocol
+
+import av
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+
+from . import _rt_world
+from ._rt_rtp import RtpFaultSeam, pin_bitrate
+from .context import ServerContext
+
+__all__ = [
+    "BroadcastPublisher",
+    "StreamerSession",
+    "WorldTrack",
+    "codec_preferences",
+]
+
+log = logging.getLogger(__name__)
+
+#: 90 kHz RTP video clock: pts are stamped in it so encoders need no rescaling.
+VIDEO_TIME_BASE = Fraction(1, 90000)
+#: frames rendered in an executor above this many pixels (measured: a 320×176
+#: render costs ≈ 0.3 ms, a 1280×704 one several ms — too long for the loop).
+_EXECUTOR_PIXELS = 320 * 240
+#: frames a broadcast stream renders before ``broadcast_ready`` (the spectator
+#: relay then has a picture to hand out immediately).
+BROADCAST_READY_FRAMES = 3
+#: how long a reply may wait for ``streamerToClient`` to open (start over the
+#: WebSocket can arrive before the data channel is up).
+_CHANNEL_OPEN_TIMEOUT = 30.0
+#: inbound application messages queued per connection before new ones are dropped
+_INBOX_LIMIT = 256
+_STOP_VIDEO_POLL = 0.05  # fault flags have no change event; poll them while set
+
+
+def codec_preferences(choice: str) -> list[RTCRtpCodecCapability]:
+    """aiortc video codec capabilities for ``ServerConfig.codec`` ("vp8", "h264", "any").
+
+    Non-blocking. H.264 is limited to constrained baseline (42001f / 42e01f) with
+    packetization-mode 1 — what both official clients decode. RTX stays in so
+    NACK retransmissions keep working. Raises ``ValueError`` for other choices.
+    """
+    if choice not in ("vp8", "h264", "any"):
+        raise ValueError(f"codec must be 'vp8', 'h264' or 'any', not {choice!r}")
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    vp8 = [c for c in caps if c.mimeType.lower() == "video/vp8"]
+    h264 = [
+        c
+        for c in caps
+        if c.mimeType.lower() == "video/h264"
+        and c.parameters.get("packetization-mode") == "1"
+        and str(c.parameters.get("profile-level-id", "")).lower() in ("42001f", "42e01f")
+    ]
+    rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"]
+    chosen = {"vp8": vp8, "h264": h264, "any": vp8 + h264}[choice]
+    return chosen + rtx
+
+
+class BroadcastPublisher(Protocol):
+    """What the streamer needs from the broadcast (WHEP) side; see broadcast.py."""
+
+    def publish(
+        self, stream_id: str, subscribe: Callable[[], MediaStreamTrack]
+    ) -> tuple[str, str]:
+        """Open stream ``stream_id`` to spectators; returns ``(webrtc_url, spectator_token)``."""
+
+    async def unpublish(self, stream_id: str) -> None:
+        """Close the stream to spectators and drop every viewer."""
+
+
+@dataclass
+class LiveStream:
+    """One interactive stream on a connection (loop thread only)."""
+
+    stream_id: str
+    world: _rt_world.RenderWorld
+    width: int
+    height: int
+    portrait: bool
+    broadcast: bool
+    started_at: float
+    #: frames rendered so far == the number of the next frame
+    frames: int = 0
+    #: prompts accepted by ``update`` and not yet handed to the world; applied
+    #: between two renders so the world is never touched while it renders
+    pending: list[str] = field(default_factory=list)
+    on_interacted: Callable[[LiveStream, int, str], None] | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WorldTrack(MediaStreamTrack):
+    """Server video track: paced at ``fps``, idle picture between streams.
+
+    ``recv()`` runs on the loop (called by the MediaRelay's reader task). It
+    sleeps until the next frame slot, renders the current stream's next frame
+    (in the default executor for large frames), stamps it with the hand-off
+    time and returns it with a 90 kHz pts. If the loop falls behind by more
+    than a frame it resynchronises instead of bursting frames. While
+    ``Faults.stop_video`` is set it emits nothing (the connection stays up).
+    ``stop()`` makes a pending ``recv()`` raise ``MediaStreamError`` at once.
+    """
+
+    kind = "video"
+
+    def __init__(self, ctx: ServerContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._interval = 1.0 / float(ctx.config.fps)
+        self._next_at: float | None = None
+        self._origin: float | None = None
+        self._last_pts = -1
+        self._idle_frames = 0
+        self._stopped = asyncio.Event()
+        #: the stream being rendered, or None for the idle picture
+        self.stream: LiveStream | None = None
+        self.frames_sent = 0
+
+    def stop(self) -> None:
+        super().stop()
+        self._stopped.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless the track stops first (then MediaStreamError)."""
+        if seconds > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), seconds)
+        if self.readyState != "live":
+            raise MediaStreamError
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        while self._ctx.faults.stop_video:
+            await self._pause(_STOP_VIDEO_POLL)
+        now = time.monotonic()
+        if self._next_at is None or now - self._next_at > self._interval:
+            self._next_at = now  # first frame, or fell behind / resumed: no burst
+        await self._pause(self._next_at - now)
+        self._next_at += self._interval
+
+        stream = self.stream
+        if stream is not None:
+            number = stream.frames
+            prompts, stream.pending = stream.pending, []
+            stream.frames += 1
+            world = stream.world
+            width, height = stream.width, stream.height
+
+            def render() -> av.VideoFrame:
+                # Interactions are applied here, between two renders, so the
+                # world (not thread-safe) is only ever used by one thread at a
+                # time; building the new scene is the slow part (tens of ms).
+                for prompt in prompts:
+                    world.interact(prompt, number)
+                return world.video_frame(number, time.monotonic())
+        else:
+            number = self._idle_frames
+            self._idle_frames += 1
+            width, height = self._ctx.frame_size(False)
+
+            def render() -> av.VideoFrame:
+                return _rt_world.idle_frame(width, height, number, time.monotonic())
+
+        if width * height > _EXECUTOR_PIXELS or (stream is not None and prompts):
+            frame = await asyncio.get_running_loop().run_in_executor(None, render)
+        else:
+            frame = render()
+        if stream is not None and stream.on_interacted is not None:
+            for prompt in prompts:
+                stream.on_interacted(stream, number, prompt)
+        sent = time.monotonic()
+        if self._origin is None:
+            self._origin = sent
+        pts = max(self._last_pts + 1, round((sent - self._origin) * 90000))
+        self._last_pts = pts
+        frame.pts = pts
+        frame.time_base = VIDEO_TIME_BASE
+        self.frames_sent += 1
+        if stream is not None and stream.frames >= BROADCAST_READY_FRAMES:
+            stream.ready.set()
+        if self.readyState != "live":
+            raise MediaStreamError
+        return frame
+
+
+class _Reject(Exception):
+    """Internal: answer the current request with interactive_stream_error."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class StreamerSession:
+    """The streamer side of one signaling connection (PROTOCOL.md §5–§6).
+
+    Loop thread only. Lifecycle: :meth:`create_offer` → :meth:`accept_answer`
+    (+ :meth:`add_remote_candidate`) → :meth:`submit` for every application
+    message → :meth:`close` (idempotent; ends a running stream and closes the
+    peer connection on the loop so aiortc's encoder work stops).
+    """
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        session_id: str,
+        broadcasts: BroadcastPublisher | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self.session_id = session_id
+        self._broadcasts = broadcasts
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._track = WorldTrack(ctx)
+        self._relay = MediaRelay()
+        self._seam: RtpFaultSeam | None = None
+        self._c2s: RTCDataChannel | None = None
+        self._s2c: RTCDataChannel | None = None
+        self._s2c_open = asyncio.Event()
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=_INBOX_LIMIT)
+        self._worker: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._stream: LiveStream | None = None
+        self._timeout: asyncio.TimerHandle | None = None
+        self._answered = False
+        self._early_candidates: list[dict[str, Any]] = []
+        self._closed = False
+
+    @property
+    def peer_connection(self) -> RTCPeerConnection:
+        """The aiortc peer (for stats and tests)."""
+        return self._pc
+
+    @property
+    def rtp_seam(self) -> RtpFaultSeam | None:
+        """The loss/reorder seam on the video sender (None until the answer is applied)."""
+        return self._seam
+
+    @property
+    def active_stream_id(self) -> str | None:
+        return self._stream.stream_id if self._stream is not None else None
+
+    # --- negotiation ------------------------------------------------------
+
+    async def create_offer(self) -> str:
+        """Build the peer connection and return the offer SDP (candidates included)."""
+        pc = self._pc
+        transceiver = pc.addTransceiver(
+            self._relay.subscribe(self._track, buffered=False), direction="sendonly"
+        )
+        transceiver.setCodecPreferences(codec_preferences(self._ctx.config.codec))
+        pin_bitrate(transceiver.sender)
+        self._c2s = pc.createDataChannel("clientToStreamer", ordered=True)
+        self._s2c = pc.createDataChannel("streamerToClient", ordered=True)
+        self._c2s.on("message", self._on_channel_message)
+        self._s2c.on("open", self._s2c_open.set)
+        self._worker = asyncio.ensure_future(self._serve())
+        await pc.setLocalDescription(await pc.createOffer())
+        return str(pc.localDescription.sdp)
+
+    async def accept_answer(self, sdp: str) -> None:
+        """Apply the client's answer. Raises ``ValueError`` for an unusable SDP."""
+        if self._answered:
+            raise ValueError("answer already applied")
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:  # aiortc raises ValueError/InvalidStateError/...
+            raise ValueError(f"invalid answer: {exc}") from exc
+        self._answered = True
+        sender = next(
+            (t.sender for t in self._pc.getTransceivers() if t.kind == "video"), None
+        )
+        if sender is not None and sender.transport is not None:
+            self._seam = RtpFaultSeam(self._ctx.faults, sender)
+            self._seam.install()
+        early, self._early_candidates = self._early_candidates, []
+        for message in early:
+            await self.add_remote_candidate(message)
+
+    async def add_remote_candidate(self, message: dict[str, Any]) -> None:
+        """Add one trickled client candidate; unusable ones are skipped (logged).
+
+        Empty candidate strings (end-of-candidates) are ignored; the
+        ``candidate:`` prefix is optional; mDNS (``*.local``) hosts that aiortc
+        cannot resolve are skipped after at most 2 s.
+        """
+        raw = message.get("candidate")
+        if not isinstance(raw, str) or not raw.strip():
+            return
+        if not self._answered:
+            self._early_candidates.append(message)
+            return
+        text = raw.strip()
+        if text.startswith("a="):
+            text = text[2:]
+        if text.startswith("candidate:"):
+            text = text[len("candidate:"):]
+        try:
+            candidate = candidate_from_sdp(text)
+        except Exception:
+            log.info("ignoring malformed ICE candidate from session %s", self.session_id)
+            return
+        mid = message.get("sdpMid")
+        index = message.get("sdpMLineIndex")
+        candidate.sdpMid = mid if isinstance(mid, str) else None
+        candidate.sdpMLineIndex = index if isinstance(index, int) else None
+        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+            candidate.sdpMLineIndex = 0  # everything is BUNDLEd on the first m-line
+        try:
+            await asyncio.wait_for(self._pc.addIceCandidate(candidate), 2.0)
+        except Exception:
+            # Typically an mDNS name (browser privacy) aioice could not resolve.
+            log.info("skipping ICE candidate %s for session %s", candidate.ip, self.session_id)
+
+    # --- application messages --------------------------------------------
+
+    def _on_channel_message(self, data: Any) -> None:
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError:
+                log.info("ignoring non-UTF-8 data-channel message")
+                return
+        try:
+            message = json.loads(data)
+        except ValueError:
+            log.info("ignoring non-JSON data-channel message")
+            return
+        self.submit(message)
+
+    def submit(self, message: Any) -> None:
+        """Queue one application message (from either transport). Non-blocking, loop thread.
+
+        Non-objects, messages without a string ``type`` and unknown types are
+        ignored, as the protocol asks.
+        """
+        if self._closed or not isinstance(message, dict):
+            return
+        if not isinstance(message.get("type"), str):
+            return
+        try:
+            self._inbox.put_nowait(message)
+        except asyncio.QueueFull:
+            log.warning("session %s: inbound message queue full, dropping", self.session_id)
+
+    async def _serve(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            try:
+                await self._handle(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Never let one bad message end the session, and never send the
+                # traceback to the peer: log it here, answer generically.
+                log.exception("session %s: error handling %r", self.session_id, message.get("type"))
+                await self._send({"type": "interactive_stream_error", "reason": "unknown",
+                                  "message": "internal streamer error"})
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "interactive_stream_start":
+            await self._handle_start(message)
+        elif kind == "update":
+            await self._handle_update(message)
+        elif kind == "interactive_stream_end":
+            await self._handle_end()
+        elif kind == "_session_timeout":
+            await self._handle_timeout(message)
+        # anything else: ignored (PROTOCOL.md §6.2 "unknown types are ignored")
+
+    async def _handle_start(self, message: dict[str, Any]) -> None:
+        faults = self._ctx.faults
+        try:
+            prompt = message.get("prompt", "")
+            portrait = message.get("portrait", True)
+            image_url = message.get("input_image_base64")
+            broadcast = message.get("broadcast", False)
+            bypass = message.get("bypass_vlm_expansion", False)
+            if prompt is None:
+                prompt = ""
+            if not isinstance(prompt, str):
+                raise _Reject("invalid_request", "prompt must be a string")
+            if not isinstance(portrait, bool) or not isinstance(broadcast, bool):
+                raise _Reject("invalid_request", "portrait and broadcast must be booleans")
+            if bypass is None:
+                bypass = False
+            if not isinstance(bypass, bool):
+                raise _Reject("invalid_request", "bypass_vlm_expansion must be a boolean")
+            if image_url is not None and not isinstance(image_url, str):
+                raise _Reject("invalid_image", "input_image_base64 must be a data URL string")
+            injected = faults.stream_error
+            if injected:
+                faults.set(stream_error=None)
+                raise _Reject(str(injected), faults.stream_error_message)
+            if bypass and not self._ctx.config.bypass_privileged:
+                raise _Reject("bypass_not_allowed",
+                              "bypass_vlm_expansion is not enabled for this account")
+            loop = asyncio.get_running_loop()
+            image_bytes: bytes | None = None
+            image = None
+            if image_url:
+                try:
+                    image_bytes, image = await loop.run_in_executor(
+                        None, _rt_world.decode_data_url, image_url
+                    )
+                except _rt_world.InvalidImage as exc:
+                    raise _Reject("invalid_image", str(exc)) from None
+            width, height = self._ctx.frame_size(portrait)
+            fps = float(self._ctx.config.fps)
+            world = await loop.run_in_executor(
+                None, _rt_world.make_world, width, height, prompt, image, fps
+            )
+            applied = _rt_world.applied_prompt(prompt)
+        except _Reject as reject:
+            await self._reply({"type": "interactive_stream_error", "reason": reject.reason,
+                               "message": reject.message})
+            return
+
+        if self._stream is not None:
+            # A new start replaces the running stream; the client learns of the
+            # end through an unsolicited stream_ended (allowed by §6.2).
+            await self._finish_stream()
+            await self._send({"type": "stream_ended"})
+
+        stream = LiveStream(
+            stream_id="st-" + uuid.uuid4().hex,
+            world=world,
+            width=width,
+            height=height,
+            portrait=portrait,
+            broadcast=broadcast,
+            started_at=time.monotonic(),
+            on_interacted=self._report_interaction,
+        )
+        self._stream = stream
+        self._track.stream = stream
+        self._sink_call(
+            "stream_started",
+            stream_id=stream.stream_id,
+            session_id=self.session_id,
+            width=width,
+            height=height,
+            fps=fps,
+            prompt=prompt,
+            applied_prompt=applied,
+            portrait=portrait,
+            image=image_bytes,
+            broadcast=broadcast,
+        )
+        self._timeout = loop.call_later(
+            float(self._ctx.config.session_timeout),
+            self.submit,
+            {"type": "_session_timeout", "stream_id": stream.stream_id},
+        )
+        await self._reply(
+            {"type": "stream_started", "stream_id": stream.stream_id, "applied_prompt": applied}
+        )
+        if broadcast:
+            self._spawn(self._announce_broadcast(stream))
+
+    async def _handle_update(self, message: dict[str, Any]) -> None:
+        prompt = message.get("prompt")
+        stream = self._stream
+        if stream is None:
+            await self._reply({"type": "interactive_stream_error", "reason": "no_active_stream",
+                               "message": "update received with no active stream"})
+            return
+        if not isinstance(prompt, str):
+            await self._reply({"type": "interactive_stream_error", "reason": "invalid_request",
+                               "message": "update needs a string prompt"})
+            return
+        stream.pending.append(prompt)  # the world takes it from the next frame
+        await self._reply({"type": "update_acknowledged",
+                           "prompt": _rt_world.applied_prompt(prompt)})
+
+    async def _handle_end(self) -> None:
+        await self._finish_stream()
+        # Replied even without an active stream, so official clients never hang.
+        await self._reply({"type": "stream_ended"})
+
+    async def _handle_timeout(self, message: dict[str, Any]) -> None:
+        stream = self._stream
+        if stream is None or stream.stream_id != message.get("stream_id"):
+            return  # that stream already ended
+        limit = self._ctx.config.session_timeout
+        await self._send({"type": "interactive_stream_error", "reason": "session_timeout",
+                          "message": f"maximum stream duration of {limit:g} s reached"})
+        await self._finish_stream()
+        await self._send({"type": "stream_ended"})
+
+    def _report_interaction(self, stream: LiveStream, frame: int, prompt: str) -> None:
+        self._sink_call("stream_interacted", stream.stream_id, frame, prompt)
+
+    async def _announce_broadcast(self, stream: LiveStream) -> None:
+        if self._broadcasts is None:
+            await self._send({"type": "broadcast_ready", "broadcast_url": None,
+                              "webrtc_url": None, "spectator_token": None})
+            return
+        await stream.ready.wait()
+        if self._stream is not stream:
+            return
+        track = self._track
+        relay = self._relay
+        url, token = self._broadcasts.publish(
+            stream.stream_id, lambda: relay.subscribe(track, buffered=False)
+        )
+        # No HLS is served locally: broadcast_url is null (documented).
+        await self._send({"type": "broadcast_ready", "broadcast_url": None,
+                          "webrtc_url": url, "spectator_token": token})
+
+    async def _finish_stream(self) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        self._stream = None
+        self._track.stream = None
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        # Updates acknowledged but not yet rendered still belong to the stream's record.
+        for prompt in stream.pending:
+            self._report_interaction(stream, stream.frames, prompt)
+        stream.pending.clear()
+        if stream.broadcast and self._broadcasts is not None:
+            await self._broadcasts.unpublish(stream.stream_id)
+        self._sink_call("stream_ended", stream.stream_id, stream.frames)
+
+    # --- replies ----------------------------------------------------------
+
+    async def _reply(self, message: dict[str, Any]) -> None:
+        """Send a reply to a client request, honouring never_ack / ack_delay."""
+        faults = self._ctx.faults
+        if faults.never_ack:
+            return
+        delay = float(faults.ack_delay or 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self._send(message)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        channel = self._s2c
+        if channel is None or self._closed:
+            return
+        if channel.readyState != "open":
+            try:
+                await asyncio.wait_for(self._s2c_open.wait(), _CHANNEL_OPEN_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("session %s: streamerToClient never opened; dropping %s",
+                            self.session_id, message.get("type"))
+                return
+        if channel.readyState == "open":
+            channel.send(json.dumps(message))
+
+    def _sink_call(self, name: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            getattr(self._ctx.sink, name)(*args, **kwargs)
+        except Exception:
+            log.exception("StreamSink.%s failed", name)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # --- teardown ---------------------------------------------------------
+
+    async def close(self) -> None:
+        """End any running stream and close the peer. Idempotent; loop thread."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks: list[asyncio.Task[None]] = list(self._side_tasks)
+        if self._worker is not None:
+            tasks.append(self._worker)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            await self._finish_stream()
+        except Exception:
+            log.exception("session %s: error ending stream on close", self.session_id)
+        if self._seam is not None:
+            self._seam.close()
+        self._track.stop()
+        await self._pc.close()
