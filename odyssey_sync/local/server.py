@@ -273,6 +273,9 @@ class LocalOdyssey:
         finally:
             try:
                 loop.run_until_complete(loop.shutdown_asyncgens())
+                # getaddrinfo() of aiohttp clients (script_url fetches) runs on
+                # the loop's default executor: join its threads too.
+                loop.run_until_complete(loop.shutdown_default_executor())
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()

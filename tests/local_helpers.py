@@ -1,0 +1,122 @@
+"""Shared helpers of the local-server tests: a tiny REST caller and a fake real-time half."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from odyssey_sync.local import LocalOdyssey
+
+SMALL = (320, 176)
+OTHER_KEY = "other-tenant-key-0123456789"
+
+
+@contextmanager
+def local_server(data_dir: Path, **options: Any) -> Iterator[LocalOdyssey]:
+    """A small, quiet server on a free port (stopped and joined on exit)."""
+    options.setdefault("size", SMALL)
+    options.setdefault("fps", 10.0)
+    options.setdefault("extra_api_keys", [OTHER_KEY])
+    options.setdefault("job_delay", 0.0)
+    with LocalOdyssey(data_dir=data_dir, **options) as server:
+        yield server
+
+
+class Api:
+    """REST calls as one API key, over a real socket (``requests``, not the SDK)."""
+
+    def __init__(self, server: LocalOdyssey, api_key: str | None = None) -> None:
+        self.server = server
+        self.url = server.url
+        self.api_key = api_key if api_key is not None else server.api_key
+        self.http = requests.Session()
+        self._token: str | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            r = self.http.post(self.url + "/auth/token", json={"api_key": self.api_key},
+                               timeout=10)
+            assert r.status_code == 200, r.text
+            self._token = r.json()["access_token"]
+        return self._token
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.http.get(self.url + path, headers=self.headers(), timeout=20, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return self.http.post(self.url + path, headers=self.headers(), timeout=20, **kw)
+
+    def delete(self, path: str, **kw: Any) -> requests.Response:
+        return self.http.delete(self.url + path, headers=self.headers(), timeout=20, **kw)
+
+    def allocate(self) -> str:
+        r = self.post("/sessions/request", json={})
+        assert r.status_code == 200, r.text
+        session_id: str = r.json()["session_id"]
+        return session_id
+
+
+def play_stream(server: LocalOdyssey, session_id: str, stream_id: str, *, frames: int,
+                interactions: list[tuple[int, str]] = (),  # type: ignore[assignment]
+                prompt: str = "a red ball", image: bytes | None = None,
+                end: bool = True) -> None:
+    """Drive the StreamSink on the server loop exactly as the real-time half does."""
+    sink = server.context.sink
+    width, height = server.context.frame_size(False)
+    server.call(lambda: sink.stream_started(
+        stream_id=stream_id, session_id=session_id, width=width, height=height,
+        fps=server.config.fps, prompt=prompt, applied_prompt=prompt + " (applied)",
+        portrait=False, image=image, broadcast=False))
+    for frame, text in interactions:
+        server.call(sink.stream_interacted, stream_id, frame, text)
+    if end:
+        server.call(sink.stream_ended, stream_id, frames)
+
+
+def decode_video(data: bytes) -> tuple[int, int, int]:
+    """(frame count, width, height) of an MP4 held in memory."""
+    import av
+
+    count = 0
+    width = height = 0
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(video=0):
+            count += 1
+            width, height = frame.width, frame.height
+    return count, width, height
+
+
+def png_data_url(size: tuple[int, int] = (32, 32)) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def script(end_ms: int = 1000, *prompts: str) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = [{"timestamp_ms": 0, "start": {"prompt": "a cat"}}]
+    step = end_ms // (len(prompts) + 1)
+    for i, text in enumerate(prompts, start=1):
+        entries.append({"timestamp_ms": step * i, "interact": {"prompt": text}})
+    entries.append({"timestamp_ms": end_ms, "end": {}})
+    return entries
