@@ -10,7 +10,6 @@ from typing import Any
 import jwt
 import pytest
 import requests
-
 from local_helpers import OTHER_KEY, Api, local_server
 
 pytestmark = pytest.mark.timeout(60)
