@@ -221,7 +221,7 @@ def fetch_ice_servers(
             return []
         return parse_ice_servers(response.json())
     except (requests.RequestException, ValueError) as exc:
-        log.warning("ICE config %s failed (%s); using host candidates only",
+        log.info("ICE config %s failed (%s); using host candidates only",
                     url, type(exc).__name__)
         return []
 
@@ -523,7 +523,10 @@ class SpectatorConnection:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         self._pc = pc
         loop = asyncio.get_running_loop()
-        self._connected_fut = loop.create_future()
+        self._connected_fut = fut = loop.create_future()
+        # Nobody awaits this future when connecting is abandoned (timeout,
+        # close): mark its exception as seen so asyncio does not log it.
+        fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         pc.addTransceiver("video", direction="recvonly")
         # The audio transceiver is part of the WHEP offer shape (§8.2);
         # a track that appears on it is drained (PITFALLS: unbounded queue).
