@@ -1,0 +1,356 @@
+"""The WebRTC peer (PROTOCOL §5, §6): aiortc, on the loop thread only.
+
+:class:`RtcPeer` answers the streamer's offer, tracks the two data channels,
+adds trickled remote candidates, and runs the *track readers*:
+
+* the video reader awaits each decoded frame and writes it into the frame
+  ring (native conversion, GIL released; never ``to_ndarray`` on the loop),
+  so the track is drained whether or not anyone consumes frames;
+* an audio track, should a server offer one, is drained and discarded
+  (aiortc would otherwise queue decoded audio without bound, PITFALLS).
+
+Everything here runs on the event loop; results leave through the
+:class:`PeerEvents` callbacks (also called on the loop), which the facade
+turns into status changes and dispatcher posts. No user code runs here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+
+from .errors import OdysseyConnectionError
+
+__all__ = [
+    "DATA_CHANNEL_FALLBACK_BYTES",
+    "PeerEvents",
+    "RtcPeer",
+    "ice_servers_from_config",
+    "max_message_size_from_sdp",
+]
+
+log = logging.getLogger("odyssey_sync.rtc")
+
+#: used when the remote SDP does not announce ``a=max-message-size`` (§5.2)
+DATA_CHANNEL_FALLBACK_BYTES = 16 * 1024
+CLIENT_TO_STREAMER = "clientToStreamer"
+STREAMER_TO_CLIENT = "streamerToClient"
+
+_MAX_MESSAGE_RE = re.compile(r"^a=max-message-size:(\d+)\s*$", re.MULTILINE)
+
+
+class FrameSink(Protocol):
+    """The part of ``odyssey_sync._frames.FrameRing`` the reader uses."""
+
+    def write(self, frame: Any, timestamp_ms: int | None = None) -> int | None: ...
+
+
+class PeerEvents(Protocol):
+    """Callbacks of :class:`RtcPeer`, all invoked on the loop thread."""
+
+    def peer_ready(self) -> None:
+        """Video track announced and ``clientToStreamer`` open (first time only)."""
+
+    def peer_message(self, message: dict[str, Any]) -> None:
+        """A JSON object with a string ``type`` arrived on ``streamerToClient``."""
+
+    def peer_bad_message(self, error: Exception) -> None:
+        """A ``streamerToClient`` message could not be parsed (non-fatal)."""
+
+    def peer_failed(self, reason: str) -> None:
+        """The peer connection failed or closed on its own (fatal)."""
+
+    def frame_written(self, seq: int) -> None:
+        """A video frame was published in the ring with sequence number ``seq``."""
+
+
+def ice_servers_from_config(entries: list[dict[str, Any]]) -> list[RTCIceServer]:
+    """``/config`` ``iceServers`` entries → aiortc servers, TURN credentials kept.
+
+    Entries without usable ``urls`` are skipped. An empty result means "no
+    STUN/TURN at all" (host candidates only) — never a public fallback (§15.8).
+    """
+    servers: list[RTCIceServer] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        urls = entry.get("urls", entry.get("url"))
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            continue
+        username = entry.get("username")
+        credential = entry.get("credential")
+        servers.append(
+            RTCIceServer(
+                urls=urls,
+                username=username if isinstance(username, str) else None,
+                credential=credential if isinstance(credential, str) else None,
+            )
+        )
+    return servers
+
+
+def max_message_size_from_sdp(sdp: str) -> int:
+    """The remote ``a=max-message-size`` (§5.2), or 16 KiB when absent or ≤ 0."""
+    match = _MAX_MESSAGE_RE.search(sdp)
+    if match is None:
+        return DATA_CHANNEL_FALLBACK_BYTES
+    value = int(match.group(1))
+    return value if value > 0 else DATA_CHANNEL_FALLBACK_BYTES
+
+
+class RtcPeer:
+    """One answering peer connection with its data channels and track readers.
+
+    Loop thread only: construct, call and close it on the loop. Create one
+    per ``offer``; the facade closes the previous one before replacing it.
+
+    Args:
+        ice_servers: ``/config`` entries (credentials kept; ``[]`` → no STUN).
+        ring: where decoded video frames go (``write`` must not block).
+        events: the facade's callbacks.
+        low_latency: install the complete-frame jitter buffer on each video
+            receiver (``odyssey_sync._jitter``) when that module is available.
+    """
+
+    def __init__(
+        self,
+        *,
+        ice_servers: list[dict[str, Any]],
+        ring: FrameSink,
+        events: PeerEvents,
+        low_latency: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ring = ring
+        self._events = events
+        self._low_latency = low_latency
+        self._clock = clock
+        self._pc = RTCPeerConnection(
+            # iceServers=[] (not None): None would make aiortc add a public STUN server.
+            RTCConfiguration(iceServers=ice_servers_from_config(ice_servers))
+        )
+        self._send_channel: Any = None
+        self._has_video = False
+        self._ready_sent = False
+        self._closing = False
+        self._failed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.max_message_size = DATA_CHANNEL_FALLBACK_BYTES
+        self.frames_received = 0
+        self.frames_dropped = 0
+        self.low_latency_active = False
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=120)
+        self._pc.on("track", self._on_track)
+        self._pc.on("datachannel", self._on_datachannel)
+        self._pc.on("connectionstatechange", self._on_connection_state)
+
+    # ----------------------------------------------------------- negotiation
+    async def accept_offer(self, sdp: str) -> str:
+        """Apply the streamer's offer and return our answer SDP (with candidates)."""
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self.max_message_size = max_message_size_from_sdp(sdp)
+        if self._low_latency:
+            self._install_low_latency()
+        answer = await self._pc.createAnswer()
+        # aiortc gathers all local candidates here and puts them into the SDP.
+        await self._pc.setLocalDescription(answer)
+        local = self._pc.localDescription
+        return str(local.sdp)
+
+    def _install_low_latency(self) -> None:
+        try:
+            from ._jitter import apply_low_latency  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            log.debug("low-latency receive path not available; using aiortc's jitter buffer")
+            return
+        for transceiver in self._pc.getTransceivers():
+            if transceiver.kind == "video":
+                try:
+                    apply_low_latency(transceiver.receiver)
+                    self.low_latency_active = True
+                except Exception:  # a seam change must not break connecting
+                    log.warning("could not enable the low-latency receive path", exc_info=True)
+
+    async def add_remote_candidate(self, message: dict[str, Any]) -> None:
+        """Add a trickled candidate (§4.4); empty ones (end-of-candidates) are skipped."""
+        raw = message.get("candidate")
+        if not isinstance(raw, str) or not raw.strip():
+            return
+        mid = message.get("sdpMid")
+        index = message.get("sdpMLineIndex")
+        if mid is None and index is None:
+            log.debug("ignoring a candidate with neither sdpMid nor sdpMLineIndex")
+            return
+        text = raw.strip()
+        if text.startswith("a="):
+            text = text[2:]
+        if text.startswith("candidate:"):
+            text = text[len("candidate:"):]
+        try:
+            candidate = candidate_from_sdp(text)
+        except (ValueError, IndexError):
+            log.debug("ignoring a malformed remote candidate")
+            return
+        candidate.sdpMid = mid if isinstance(mid, str) else None
+        candidate.sdpMLineIndex = index if isinstance(index, int) else None
+        await self._pc.addIceCandidate(candidate)
+
+    # -------------------------------------------------------------- channels
+    def _on_datachannel(self, channel: Any) -> None:
+        label = channel.label
+        if label == CLIENT_TO_STREAMER:
+            self._send_channel = channel
+            if channel.readyState == "open":
+                self._check_ready()
+            else:
+                channel.on("open", self._check_ready)
+            channel.on("close", lambda: self._lost("data channel clientToStreamer closed"))
+        elif label == STREAMER_TO_CLIENT:
+            channel.on("message", self._on_channel_message)
+        else:
+            log.debug("ignoring data channel %r", label)
+
+    def _on_channel_message(self, data: str | bytes) -> None:
+        try:
+            message = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._events.peer_bad_message(
+                OdysseyConnectionError(f"unparseable streamer message: {exc}")
+            )
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self._events.peer_bad_message(
+                OdysseyConnectionError("streamer message without a string 'type'")
+            )
+            return
+        self._events.peer_message(message)
+
+    @property
+    def channel_open(self) -> bool:
+        """True while ``clientToStreamer`` is open."""
+        return self._send_channel is not None and self._send_channel.readyState == "open"
+
+    def send(self, text: str) -> None:
+        """Send a JSON text on ``clientToStreamer`` (loop thread).
+
+        Raises :class:`OdysseyConnectionError` when the channel is not open.
+        """
+        if not self.channel_open:
+            raise OdysseyConnectionError("data channel clientToStreamer is not open")
+        self._send_channel.send(text)
+
+    # ---------------------------------------------------------------- tracks
+    def _on_track(self, track: Any) -> None:
+        if track.kind == "video":
+            self._has_video = True
+            self._spawn(self._read_video(track))
+            self._check_ready()
+        else:
+            # Never used by the interactive API; drained so it cannot grow without bound.
+            self._spawn(self._drain(track))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_video(self, track: Any) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                log.debug("video track ended")
+                return
+            self.frames_received += 1
+            self._arrivals.append(self._clock())
+            try:
+                seq = self._ring.write(frame)
+            except Exception:  # a conversion bug must not stop draining the track
+                log.exception("frame conversion failed")
+                continue
+            if seq is None:
+                self.frames_dropped += 1
+            else:
+                self._events.frame_written(seq)
+
+    @staticmethod
+    async def _drain(track: Any) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+
+    @property
+    def fps(self) -> float:
+        """Frames per second over the last (up to) 120 arrivals."""
+        arrivals = self._arrivals
+        if len(arrivals) < 2:
+            return 0.0
+        span = arrivals[-1] - arrivals[0]
+        return (len(arrivals) - 1) / span if span > 0 else 0.0
+
+    # ------------------------------------------------------------- readiness
+    def _check_ready(self) -> None:
+        if self._ready_sent or self._closing:
+            return
+        if self._has_video and self.channel_open:
+            self._ready_sent = True
+            self._events.peer_ready()
+
+    @property
+    def missing(self) -> list[str]:
+        """What readiness still waits for: ``video_track`` and/or ``data_channel``."""
+        missing = []
+        if not self._has_video:
+            missing.append("video_track")
+        if not self.channel_open:
+            missing.append("data_channel")
+        return missing
+
+    def _on_connection_state(self) -> None:
+        state = self._pc.connectionState
+        log.debug("peer connection state: %s", state)
+        if state in ("failed", "closed"):
+            self._lost(f"peer connection {state}")
+
+    def _lost(self, reason: str) -> None:
+        if self._closing or self._failed:
+            return
+        self._failed = True
+        self._events.peer_failed(reason)
+
+    # -------------------------------------------------------------- teardown
+    async def close(self) -> None:
+        """Close the peer connection (stops aiortc's decoder threads) and readers.
+
+        Idempotent; never raises. No failure event is reported for it.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            await self._pc.close()
+        except Exception:
+            log.debug("error while closing the peer connection", exc_info=True)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
