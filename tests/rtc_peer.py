@@ -145,11 +145,17 @@ class TestPeer:
         self._c2s_open = asyncio.Event()
 
     async def connect(
-        self, base_url: str, session_id: str, token: str, *, timeout: float = 10.0
+        self, base_url: str, session_id: str, token: str, *, timeout: float = 10.0,
+        signaling_url: str | None = None,
     ) -> None:
-        """Signaling + offer/answer, until the video track exists and clientToStreamer is open."""
+        """Signaling + offer/answer, until the video track exists and clientToStreamer is open.
+
+        ``signaling_url`` is the advertised ``signalling_url`` (default:
+        ``ws://<base_url host>/sig``).
+        """
         self.http = aiohttp.ClientSession()
-        url = f"{base_url.replace('http', 'ws', 1)}/sig/client/{session_id}"
+        sig = signaling_url or f"{base_url.replace('http', 'ws', 1)}/sig"
+        url = f"{sig.rstrip('/')}/client/{session_id}"
         self.ws = await self.http.ws_connect(url, params={"token": token}, max_msg_size=0)
         first = await asyncio.wait_for(self.ws.receive(), timeout)
         offer = json.loads(first.data)

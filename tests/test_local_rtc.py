@@ -545,3 +545,67 @@ def test_trickled_candidates_are_tolerated() -> None:
             await peer.close()
 
     run(scenario)
+
+
+# --- end to end through LocalOdyssey (HTTP half + real-time half) -----------
+
+
+async def _allocate(http: aiohttp.ClientSession, url: str, api_key: str) -> dict[str, Any]:
+    async with http.post(url + "/auth/token", json={"api_key": api_key}) as resp:
+        assert resp.status == 200
+        bearer = {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
+    async with http.post(url + "/sessions/request", json={}, headers=bearer) as resp:
+        assert resp.status == 200, await resp.text()
+        allocation: dict[str, Any] = await resp.json()
+    async with http.post(url + "/sessions/token", headers=bearer,
+                         json={"session_id": allocation["session_id"]}) as resp:
+        assert resp.status == 200
+        allocation["session_token"] = (await resp.json())["session_token"]
+    return allocation
+
+
+@pytest.mark.e2e
+def test_end_to_end_through_local_odyssey(tmp_path: Any) -> None:
+    from odyssey_sync.local.server import LocalOdyssey
+
+    with LocalOdyssey(size=(320, 176), data_dir=tmp_path, recordings=False) as server:
+        async def main() -> None:
+            async with aiohttp.ClientSession() as http:
+                allocation = await _allocate(http, server.url, server.api_key)
+                sig = allocation["signalling_url"]
+                async with http.get(sig.replace("ws", "http", 1) + "/config") as resp:
+                    assert await resp.json() == {"iceServers": []}
+                # a token of this allocation, but a tampered one: 401 at the upgrade
+                with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                    await http.ws_connect(f"{sig}/client/{allocation['session_id']}",
+                                          params={"token": allocation["session_token"] + "x"})
+                assert info.value.status in (401, 403)
+
+                peer = TestPeer()
+                try:
+                    await peer.connect(server.url, allocation["session_id"],
+                                       allocation["session_token"], signaling_url=sig)
+                    await peer.send({"type": "interactive_stream_start", "prompt": "e2e",
+                                     "portrait": False})
+                    started = await peer.expect("stream_started")
+                    mark = len(peer.stamps)
+                    await peer.wait_frames(15)
+                    assert_consecutive(tail_from_zero(stream_frames(peer, mark)))
+                    await peer.send({"type": "update", "prompt": "later"})
+                    await peer.expect("update_acknowledged")
+                    await peer.send({"type": "interactive_stream_end"})
+                    await peer.expect("stream_ended")
+                finally:
+                    await peer.close()
+                assert started["stream_id"].startswith("st-")
+                # leaving freed the single streamer slot: a new allocation succeeds
+                for _ in range(100):
+                    try:
+                        await _allocate(http, server.url, server.api_key)
+                        break
+                    except AssertionError:
+                        await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("allocation was not freed after the client left")
+
+        asyncio.run(asyncio.wait_for(main(), 40))
