@@ -1,0 +1,307 @@
+"""Recordings, persistence and lifecycle of the local server (real sockets, small frames)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from local_helpers import OTHER_KEY, Api, decode_video, local_server, play_stream
+
+from odyssey_sync.errors import OdysseyTimeoutError
+from odyssey_sync.local import LocalOdyssey, auth
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    with local_server(tmp_path, capacity=3) as srv:
+        yield srv
+
+
+@pytest.fixture
+def api(server: Any) -> Any:
+    with Api(server) as client:
+        yield client
+
+
+# -- recordings -------------------------------------------------------------------
+
+
+def test_recording_lifecycle_and_download(server: Any, api: Any) -> None:
+    session_id = api.allocate()
+    play_stream(server, session_id, "stream-a", frames=12,
+                interactions=[(5, "the ball bounces")], end=False)
+    live = api.get("/recordings/stream-a").json()
+    assert live == {"stream_id": "stream-a", "video_url": None, "events_url": None,
+                    "thumbnail_url": None, "preview_url": None, "frame_count": None,
+                    "duration_seconds": None}
+    listed = api.get("/stream-recordings").json()["recordings"][0]
+    assert listed["stream_id"] == "stream-a" and listed["ended_at"] is None
+
+    server.call(server.context.sink.stream_ended, "stream-a", 12)
+    row = server.wait_for_recording("stream-a", timeout=60)
+    assert row["render_state"] == "ready"
+    rec = api.get("/recordings/stream-a").json()
+    assert rec["frame_count"] == 12
+    assert rec["duration_seconds"] == pytest.approx(12 / server.config.fps)
+    video = requests.get(rec["video_url"], timeout=20)
+    assert video.status_code == 200
+    assert video.headers["Content-Type"] == "video/mp4"
+    count, width, height = decode_video(video.content)
+    assert (count, width, height) == (12, *server.config.size)
+
+    events = requests.get(rec["events_url"], timeout=10).json()
+    assert [(e["type"], e["frame"]) for e in events["events"]] == [
+        ("start", 0), ("interact", 5), ("end", 12)]
+    assert events["events"][1]["prompt"] == "the ball bounces"
+    for key in ("thumbnail_url", "preview_url"):
+        if rec[key] is not None:
+            assert requests.get(rec[key], timeout=10).status_code == 200
+
+
+def test_recording_of_stream_with_input_image(server: Any, api: Any) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 36), (200, 30, 30)).save(buf, format="JPEG")
+    session_id = api.allocate()
+    play_stream(server, session_id, "stream-img", frames=4, image=buf.getvalue())
+    assert server.wait_for_recording("stream-img", timeout=60)["render_state"] == "ready"
+    rec = api.get("/recordings/stream-img").json()
+    count, _, _ = decode_video(requests.get(rec["video_url"], timeout=20).content)
+    assert count == 4
+
+
+def test_recordings_disabled(tmp_path: Path) -> None:
+    with local_server(tmp_path, recordings=False) as server, Api(server) as api:
+        play_stream(server, api.allocate(), "s-off", frames=5)
+        assert server.wait_for_recording("s-off", timeout=5)["render_state"] == "disabled"
+        rec = api.get("/recordings/s-off").json()
+        assert rec["video_url"] is None and rec["frame_count"] == 5
+        assert rec["events_url"] is not None
+
+
+def test_signed_urls_reject_tampering(server: Any, api: Any) -> None:
+    play_stream(server, api.allocate(), "stream-b", frames=3)
+    server.wait_for_recording("stream-b", timeout=60)
+    url = api.get("/recordings/stream-b").json()["video_url"]
+    base, query = url.split("?")
+    params = dict(p.split("=") for p in query.split("&"))
+    bad_sig = f"{base}?expires={params['expires']}&sig={'0' * 64}"
+    assert requests.get(bad_sig, timeout=10).status_code == 403
+    later = f"{base}?expires={int(params['expires']) + 10}&sig={params['sig']}"
+    assert requests.get(later, timeout=10).status_code == 403
+    assert requests.get(base, timeout=10).status_code == 403
+    other_kind = url.replace("/video?", "/events?")
+    assert requests.get(other_kind, timeout=10).status_code == 403
+    # a correctly signed but expired URL
+    past = int(time.time()) - 5
+    sig = auth.sign_resource(server.context.secret, "stream-b", "video", past)
+    expired = f"{server.url}/media/stream-b/video?expires={past}&sig={sig}"
+    assert requests.get(expired, timeout=10).status_code == 403
+
+
+@pytest.mark.parametrize("path", [
+    "/media/..%2F..%2Fetc%2Fpasswd/video", "/media/stream-b/..%2F..%2Fapi_key",
+    "/media/%2E%2E/video", "/media/stream-b/input", "/media/../api_key",
+])
+def test_media_path_traversal_is_refused(server: Any, path: str) -> None:
+    future = int(time.time()) + 100
+    r = requests.get(f"{server.url}{path}?expires={future}&sig={'a' * 64}", timeout=10)
+    assert r.status_code in (403, 404)
+    assert b"ody_local" not in r.content
+
+
+def test_signed_url_for_unknown_stream_is_404(server: Any) -> None:
+    future = int(time.time()) + 100
+    sig = auth.sign_resource(server.context.secret, "ghost", "video", future)
+    r = requests.get(f"{server.url}/media/ghost/video?expires={future}&sig={sig}", timeout=10)
+    assert r.status_code == 404
+
+
+def test_recordings_unknown_and_foreign(server: Any, api: Any) -> None:
+    assert api.get("/recordings/nope").status_code == 404
+    play_stream(server, api.allocate(), "mine", frames=2)
+    with Api(server, OTHER_KEY) as other:
+        r = other.get("/recordings/mine")
+        assert r.status_code == 404 and r.json() == {"detail": "Recording not found"}
+        assert other.get("/stream-recordings").json()["total"] == 0
+
+
+def test_stream_recordings_pagination(tmp_path: Path) -> None:
+    with local_server(tmp_path, recordings=False, capacity=1) as server, Api(server) as api:
+        session_id = api.allocate()
+        for n in range(5):
+            play_stream(server, session_id, f"s{n}", frames=2)
+        body = api.get("/stream-recordings").json()
+        assert body["total"] == 5 and body["limit"] == 20 and body["offset"] == 0
+        assert [r["stream_id"] for r in body["recordings"]] == ["s4", "s3", "s2", "s1", "s0"]
+        page = api.get("/stream-recordings", params={"limit": 2, "offset": 1}).json()
+        assert [r["stream_id"] for r in page["recordings"]] == ["s3", "s2"]
+        assert (page["limit"], page["offset"], page["total"]) == (2, 1, 5)
+        first = page["recordings"][0]
+        assert set(first) == {"stream_id", "width", "height", "started_at", "ended_at",
+                              "duration_seconds"}
+        assert (first["width"], first["height"]) == server.config.size
+        for bad in ({"limit": 0}, {"limit": "x"}, {"offset": -1}, {"limit": 101}):
+            r = api.get("/stream-recordings", params=bad)
+            assert r.status_code == 422
+            assert r.json()["detail"][0]["loc"][0] == "query"
+
+
+def test_wait_for_recording_times_out_for_unknown(server: Any) -> None:
+    with pytest.raises(OdysseyTimeoutError):
+        server.wait_for_recording("ghost", timeout=0.05)
+
+
+# -- persistence ----------------------------------------------------------------------
+
+
+def test_restart_keeps_key_recordings_and_jobs(tmp_path: Path) -> None:
+    with local_server(tmp_path) as server, Api(server) as api:
+        key = server.api_key
+        token = api.token
+        play_stream(server, api.allocate(), "kept", frames=6)
+        server.wait_for_recording("kept", timeout=60)
+        job = api.post("/simulation-jobs", json={"script": [
+            {"timestamp_ms": 0, "start": {"prompt": "a boat"}},
+            {"timestamp_ms": 300, "end": {}}]}).json()
+        deadline = time.monotonic() + 60
+        while api.get(f"/simulation-jobs/{job['job_id']}").json()["status"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    key_file = tmp_path / "api_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key not in (tmp_path / "odyssey-local.sqlite3").read_bytes().decode("latin-1")
+
+    with local_server(tmp_path) as again, Api(again) as api2:
+        assert again.api_key == key
+        # the secret persists, so bearer tokens and signed URLs stay valid
+        r = requests.get(again.url + "/recordings/kept",
+                         headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert r.status_code == 200
+        rec = r.json()
+        assert rec["frame_count"] == 6
+        count, _, _ = decode_video(requests.get(rec["video_url"], timeout=20).content)
+        assert count == 6
+        detail = api2.get(f"/simulation-jobs/{job['job_id']}").json()
+        assert detail["status"] == "completed" and len(detail["streams"]) == 1
+
+
+def test_restart_fails_interrupted_jobs_and_ends_live_streams(tmp_path: Path) -> None:
+    with local_server(tmp_path, job_delay=30.0) as server, Api(server) as api:
+        job = api.post("/simulation-jobs", json={"script": [
+            {"timestamp_ms": 0, "start": {"prompt": "x"}}, {"timestamp_ms": 100, "end": {}}]})
+        job_id = job.json()["job_id"]
+        session_id = api.allocate()
+        play_stream(server, session_id, "cut", frames=0, interactions=[(7, "y")], end=False)
+    with local_server(tmp_path) as again, Api(again) as api:
+        detail = api.get(f"/simulation-jobs/{job_id}").json()
+        assert detail["status"] == "failed"
+        assert "restarted" in detail["error_message"]
+        rec = api.get("/recordings/cut").json()
+        assert rec["frame_count"] == 8 and rec["video_url"] is None
+        # allocations do not survive a restart
+        assert api.post("/sessions/token", json={"session_id": session_id}).status_code == 404
+
+
+def test_fixed_api_key_option(tmp_path: Path) -> None:
+    with local_server(tmp_path, api_key="fixed-key-123") as server:
+        assert server.api_key == "fixed-key-123"
+        assert not (tmp_path / "api_key").exists()
+        with Api(server) as api:
+            assert api.get("/regions").status_code == 200
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+
+def test_bind_failure_raises_in_caller(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        server = LocalOdyssey(data_dir=tmp_path, port=port, size=(320, 176))
+        with pytest.raises(OSError):
+            server.start()
+        assert not server.running
+        server.stop()  # idempotent after a failed start
+
+
+def test_start_stop_idempotent_and_thread_named(tmp_path: Path) -> None:
+    server = LocalOdyssey(data_dir=tmp_path, size=(320, 176))
+    assert "not started" in repr(server)
+    with pytest.raises(RuntimeError):
+        _ = server.api_key
+    server.start()
+    try:
+        names = [t.name for t in threading.enumerate()]
+        assert "odyssey-local-server" in names
+        assert server.api_key not in repr(server)
+        assert server.url.startswith("http://127.0.0.1:")
+        with pytest.raises(RuntimeError):
+            server.start()
+    finally:
+        server.stop()
+    server.stop()
+    assert not server.running
+    with pytest.raises(RuntimeError):
+        server.call(lambda: None)
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    ({"nonsense": 1}, TypeError), ({"size": (321, 176)}, ValueError),
+    ({"size": "big"}, TypeError), ({"codec": "av1"}, ValueError),
+    ({"capacity": 0}, ValueError), ({"fps": 0}, ValueError), ({"port": 70000}, ValueError),
+    ({"faults": object()}, TypeError), ({"extra_api_keys": [""]}, TypeError),
+])
+def test_bad_options_raise_before_start(options: dict[str, Any], error: type) -> None:
+    with pytest.raises(error):
+        LocalOdyssey(**options)
+
+
+def test_call_from_loop_thread_is_refused(server: Any) -> None:
+    def nested() -> None:
+        server.call(lambda: None)
+
+    with pytest.raises(RuntimeError):
+        server.call(nested)
+
+
+def test_serve_subprocess_prints_url_and_key(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odyssey_sync.local", "--port", "0", "--data-dir",
+         str(tmp_path), "--size", "320x176", "--fps", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(5)]
+        url = next(ln.split("=", 1)[1].strip() for ln in lines if "ODYSSEY_API_URL=" in ln)
+        key = next(ln.split("=", 1)[1].strip() for ln in lines if "ODYSSEY_API_KEY=" in ln)
+        assert key == (tmp_path / "api_key").read_text().strip()
+        r = requests.post(url + "/auth/token", json={"api_key": key}, timeout=10)
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert os.path.exists(tmp_path / "odyssey-local.sqlite3")
