@@ -89,29 +89,32 @@ _ids = itertools.count(1)
 
 @dataclass(frozen=True)
 class SpectatorStats:
-    """Frame counters of one spectator connection (a snapshot).
+    """Frame counters of one spectator connection (a snapshot; same fields as
+    ``Odyssey.stats``).
 
     Attributes:
-        received: frames decoded and published into the ring.
-        dropped: decoded frames discarded because every ring slot was held.
+        received: decoded frames that reached the ring.
         delivered: frames handed to ``on_video_frame``.
+        dropped: decoded frames the ring discarded because every slot was held.
         skipped: frames superseded before the callback got to them (latest-wins).
-        callback_errors: ``on_video_frame`` / ``on_disconnected`` calls that raised.
         fps: received frames per second since the first one.
-        convert_us_p50 / convert_us_p99: decoded picture → ring slot conversion, µs.
-        delivery_us_p50 / delivery_us_p99: frame published → callback start, µs.
+        convert_us_p50/p99: decoded picture → ring slot conversion, microseconds.
+        delivery_us_p50/p99: frame published → callback start, microseconds.
+        callback_errors: ``on_video_frame`` / ``on_disconnected`` calls that raised.
+        events_dropped: events discarded because the event queue was full.
     """
 
     received: int = 0
-    dropped: int = 0
     delivered: int = 0
+    dropped: int = 0
     skipped: int = 0
-    callback_errors: int = 0
     fps: float = 0.0
     convert_us_p50: float = 0.0
     convert_us_p99: float = 0.0
     delivery_us_p50: float = 0.0
     delivery_us_p99: float = 0.0
+    callback_errors: int = 0
+    events_dropped: int = 0
 
     @classmethod
     def collect(cls, ring: Any, dispatch: Any, first_frame_at: float | None) -> SpectatorStats:
@@ -121,16 +124,17 @@ class SpectatorStats:
         d = dispatch.stats() if dispatch is not None else None
         elapsed = time.monotonic() - first_frame_at if first_frame_at is not None else 0.0
         return cls(
-            received=r.written,
-            dropped=r.dropped,
+            received=r.written + r.dropped,
             delivered=d.delivered if d else 0,
+            dropped=r.dropped,
             skipped=d.skipped if d else 0,
-            callback_errors=d.callback_errors if d else 0,
             fps=(r.written - 1) / elapsed if elapsed > 0 and r.written > 1 else 0.0,
             convert_us_p50=r.convert_us_p50,
             convert_us_p99=r.convert_us_p99,
             delivery_us_p50=d.delivery_us_p50 if d else 0.0,
             delivery_us_p99=d.delivery_us_p99 if d else 0.0,
+            callback_errors=d.callback_errors if d else 0,
+            events_dropped=d.events_dropped if d else 0,
         )
 
 
