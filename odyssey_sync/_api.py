@@ -29,6 +29,7 @@ the bearer-token cache is guarded by a lock (one refresh in flight at a time).
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import os
 import platform
@@ -67,7 +68,7 @@ from .types import (
     StreamRecordingsList,
 )
 
-__all__ = ["DEFAULT_API_URL", "Allocation", "ApiClient", "validate_id"]
+__all__ = ["DEFAULT_API_URL", "Allocation", "ApiClient", "progress_bar", "validate_id"]
 
 log = logging.getLogger("odyssey_sync.api")
 
@@ -617,9 +618,7 @@ class ApiClient:
             )
             tmp = Path(tmp_name)
             received = 0
-            from tqdm import tqdm  # imported lazily: only downloads need it
-
-            with os.fdopen(fd, "wb") as out, tqdm(
+            with os.fdopen(fd, "wb") as out, progress_bar(
                 total=total, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=description or path.name, disable=not progress, file=sys.stderr,
                 leave=False,
@@ -968,6 +967,26 @@ class ApiClient:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+@functools.lru_cache(maxsize=1)
+def _bar_class() -> Any:
+    from tqdm import tqdm  # lazily: only downloads and waits draw bars
+
+    class QuietMonitorBar(tqdm):  # type: ignore[misc]
+        monitor_interval = 0
+
+    return QuietMonitorBar
+
+
+def progress_bar(**kwargs: Any) -> Any:
+    """A tqdm bar (same keyword arguments) that starts no monitor thread.
+
+    tqdm's default starts a process-wide ``tqdm_monitor`` thread with the
+    first bar and keeps it alive for good; our bars are updated on every
+    chunk/poll, so the monitor adds nothing but a thread we would leak.
+    """
+    return _bar_class()(**kwargs)
 
 
 def _json_or_none(resp: requests.Response) -> Any:

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._api import ApiClient, validate_id
+from ._api import ApiClient, progress_bar, validate_id
 from ._deadline import Deadline
 from ._scripts import build_simulation_body
 from .errors import (
@@ -352,11 +352,9 @@ class OfflineMethods:
             raise ValueError(f"poll_interval must be > 0, not {poll_interval}")
         self._require_api_key("wait_for_simulation()")
         deadline = _deadline(timeout)
-        from tqdm import tqdm  # lazily: only waiting callers need it
-
         failures = 0
         shown: str | None = None
-        with tqdm(
+        with progress_bar(
             total=None, desc=f"simulation {job_id}", bar_format="{desc}: {postfix} [{elapsed}]",
             disable=not progress, file=sys.stderr, leave=False,
         ) as bar:
