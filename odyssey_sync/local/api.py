@@ -35,6 +35,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from . import auth
@@ -102,15 +103,26 @@ def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None)
 # ---------------------------------------------------------------------------
 
 
+async def read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """Read a body to EOF; None as soon as it exceeds ``limit`` bytes (no buffering past it)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await stream.read(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+
+
 async def read_json(request: web.Request, limit: int, *, required: bool = True) -> Any:
     """Read and decode a JSON body of at most ``limit`` bytes (413 / 422 otherwise)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"Request body too large (limit {limit} bytes)")
-    try:
-        raw = await request.content.read(limit + 1)
-    except asyncio.TimeoutError as exc:  # pragma: no cover - slow client
-        raise ApiError(408, "Timed out reading the request body") from exc
-    if len(raw) > limit:
+    raw = await read_limited(request.content, limit)
+    if raw is None:
         raise ApiError(413, f"Request body too large (limit {limit} bytes)")
     if not raw.strip():
         if required:
@@ -815,7 +827,7 @@ async def telemetry(request: web.Request) -> web.StreamResponse:
     # Fire-and-forget from the Py client; body ignored, but bounded.
     if request.content_length is not None and request.content_length > SMALL_BODY_LIMIT:
         raise ApiError(413, "Request body too large")
-    await request.content.read(SMALL_BODY_LIMIT)
+    await read_limited(request.content, SMALL_BODY_LIMIT)
     return web.json_response({"status": "ok"})
 
 

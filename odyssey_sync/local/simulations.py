@@ -44,6 +44,7 @@ from .api import (
     query_bool,
     query_int,
     read_json,
+    read_limited,
     render_simulation,
     require_object,
     validation_error,
@@ -281,10 +282,10 @@ class JobRunner:
                     http.get(url) as response:
                 if response.status != 200:
                     raise JobFailure(f"fetching script_url failed: HTTP {response.status}")
-                raw = await response.content.read(LARGE_BODY_LIMIT + 1)
+                raw = await read_limited(response.content, LARGE_BODY_LIMIT)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise JobFailure(f"fetching script_url failed: {type(exc).__name__}") from None
-        if len(raw) > LARGE_BODY_LIMIT:
+        if raw is None:
             raise JobFailure("script_url document is too large")
         try:
             return parse_scripts_document(json.loads(raw))
