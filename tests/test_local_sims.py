@@ -60,7 +60,7 @@ def test_batch_of_two_scripts_completes_with_two_streams(server: Any, api: Any) 
     streams = sorted(done["streams"], key=lambda s: s["script_index"])
     assert [s["script_index"] for s in streams] == [0, 1]
     fps = server.config.fps
-    for stream, length_ms in zip(streams, (1000, 500)):
+    for stream, length_ms in zip(streams, (1000, 500), strict=True):
         assert stream["frame_count"] == round(length_ms * fps / 1000)
         video = requests.get(stream["video_url"], timeout=20)
         assert video.status_code == 200
