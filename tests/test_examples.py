@@ -28,6 +28,10 @@ def test_example_compiles(path: Path, tmp_path: Path) -> None:
 def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     pytest.importorskip("odyssey_sync.local")
     pytest.importorskip("odyssey_sync.client")
+    import odyssey_sync
+
+    if not hasattr(odyssey_sync, "Odyssey"):
+        pytest.skip("odyssey_sync does not export Odyssey yet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ODYSSEY_API")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
