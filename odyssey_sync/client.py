@@ -359,6 +359,10 @@ class Odyssey(OfflineMethods):
             telemetry=self._config.enable_telemetry,
         )
 
+    def _default_queue_timeout(self) -> float:
+        """Queue timeout for :meth:`create_client_credentials` (the configured one)."""
+        return self._config.queue_timeout
+
     # ---------------------------------------------------------------- basics
     @property
     def config(self) -> ClientConfig:

@@ -1,0 +1,317 @@
+"""End to end: the Odyssey client against the embedded server over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from odyssey_sync.client import Odyssey
+from odyssey_sync.errors import OdysseyConnectionError, OdysseyStreamError, OdysseyTimeoutError
+from odyssey_sync.local import LocalOdyssey
+from odyssey_sync.local.stamp import decode_stamp
+from odyssey_sync.types import ConnectionStatus
+
+pytestmark = pytest.mark.e2e
+
+SIZE = (320, 176)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
+    with LocalOdyssey(
+        size=SIZE, fps=15, capacity=4, recordings=False,
+        data_dir=tmp_path_factory.mktemp("local"),
+    ) as srv:
+        warm_up(srv)
+        yield srv
+
+
+def warm_up(srv: LocalOdyssey) -> None:
+    """Start the threads the server creates lazily (its loop's default
+    executor grows on demand) before the per-test thread-leak snapshot, so
+    that only threads the *client* leaves behind fail a test."""
+    with Odyssey(srv.api_key, api_url=srv.url) as c:
+        c.connect()
+        c.start_stream("warm up")
+        c.end_stream()
+    loop = srv._loop  # private: no public way to pre-size the server's executor
+    assert loop is not None
+
+    async def fill_executor() -> None:
+        running = asyncio.get_running_loop()
+        await asyncio.gather(*(running.run_in_executor(None, time.sleep, 0.05) for _ in range(40)))
+
+    asyncio.run_coroutine_threadsafe(fill_executor(), loop).result(10)
+
+
+@pytest.fixture(autouse=True)
+def clean_faults(server: LocalOdyssey) -> Iterator[None]:
+    server.faults.clear()
+    yield
+    server.faults.clear()
+
+
+@pytest.fixture
+def client(server: LocalOdyssey) -> Iterator[Odyssey]:
+    c = Odyssey(server.api_key, api_url=server.url, connect_timeout=20)
+    yield c
+    c.close()
+
+
+class Recorder:
+    """Collects every callback, in order, with the thread it ran on."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.threads: set[str] = set()
+        self.lock = threading.Lock()
+        self.disconnected = threading.Event()
+
+    def _add(self, *event: Any) -> None:
+        with self.lock:
+            self.events.append(event)
+            self.threads.add(threading.current_thread().name)
+
+    def callbacks(self) -> dict[str, Any]:
+        def on_disconnected() -> None:
+            self._add("disconnected")
+            self.disconnected.set()
+
+        return {
+            "on_connected": lambda: self._add("connected"),
+            "on_disconnected": on_disconnected,
+            "on_stream_started": lambda sid: self._add("started", sid),
+            "on_stream_ended": lambda: self._add("ended"),
+            "on_interact_acknowledged": lambda p: self._add("ack", p),
+            "on_stream_error": lambda r, m: self._add("stream_error", r),
+            "on_error": lambda e, fatal: self._add("error", type(e).__name__, fatal),
+            "on_status_change": lambda s, m: self._add("status", s),
+        }
+
+    def kinds(self) -> list[Any]:
+        with self.lock:
+            return [e[0] if e[0] != "status" else e[1].value for e in self.events]
+
+
+def test_full_lifecycle_with_callbacks_in_order(client: Odyssey) -> None:
+    rec = Recorder()
+    frames: list[int] = []
+    client.connect(on_video_frame=lambda f: frames.append(f.seq), **rec.callbacks())
+    assert client.is_connected and client.current_status is ConnectionStatus.CONNECTED
+    assert client.current_session_id
+    stream_id = client.start_stream("a lighthouse at dusk", portrait=False)
+    assert stream_id and client.current_stream_id == stream_id
+    assert client.last_applied_prompt
+    with client.get_latest_frame(timeout=10) as frame:
+        assert (frame.width, frame.height) == SIZE
+        assert frame.data.shape == (SIZE[1], SIZE[0], 3) and frame.data.dtype == np.uint8
+        assert not frame.data.flags.writeable
+    ack = client.interact("a storm rolls in")
+    assert "storm" in ack and client.last_applied_prompt == ack
+    client.end_stream()
+    assert client.current_stream_id is None
+    client.disconnect()
+    assert rec.disconnected.is_set()
+    assert client.current_status is ConnectionStatus.DISCONNECTED
+    assert client.current_session_id is None
+    assert rec.kinds() == [
+        "authenticating", "connecting", "connected", "connected", "started", "ack", "ended",
+        "disconnected", "disconnected",
+    ]
+    assert frames, "on_video_frame never ran"
+    assert len(rec.threads) == 1 and next(iter(rec.threads)).endswith("-events")
+    client.disconnect()  # idempotent
+    assert rec.kinds().count("disconnected") == 2  # status + on_disconnected, once
+
+
+def test_frames_arrive_in_order_with_stamps(client: Odyssey) -> None:
+    client.connect()
+    client.start_stream("stamped", portrait=False)
+    numbers: list[int] = []
+    latencies: list[float] = []
+    for frame in client.frames(timeout=10):
+        stamp = decode_stamp(frame.data, now=frame.received_at)
+        assert stamp is not None, "frame stamp unreadable"
+        numbers.append(stamp.frame)
+        latencies.append(stamp.latency_ms(frame.received_at))
+        if len(numbers) == 10:
+            break
+    # in order, none twice (an idle frame sent before the stream may share number 0)
+    assert numbers == sorted(numbers) and len(set(numbers)) >= len(numbers) - 1
+    assert all(lat >= 0 for lat in latencies)
+    stats = client.stats
+    assert stats.received >= 10
+    client.end_stream()
+
+
+def test_several_streams_on_one_connection(client: Odyssey) -> None:
+    client.connect()
+    ids = []
+    for i in range(3):
+        ids.append(client.start_stream(f"scene {i}", portrait=bool(i % 2)))
+        client.interact(f"change {i}")
+        client.end_stream()
+    assert len(set(ids)) == 3
+    # portrait stream frames are rotated sizes
+    client.start_stream("tall", portrait=True)
+    deadline = time.monotonic() + 10
+    while True:
+        with client.get_latest_frame(timeout=10) as f:
+            if (f.width, f.height) == (SIZE[1], SIZE[0]):
+                break
+        assert time.monotonic() < deadline, "never saw a portrait frame"
+        time.sleep(0.05)
+    client.end_stream()
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes", "pil", "ndarray", "image_path"])
+def test_image_to_video_inputs(client: Odyssey, tmp_path: Path, kind: str) -> None:
+    img = Image.new("RGB", (64, 48), (200, 30, 30))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    path = tmp_path / "start.png"
+    path.write_bytes(buf.getvalue())
+    client.connect()
+    if kind == "image_path":
+        with pytest.warns(DeprecationWarning):
+            sid = client.start_stream("from an image", image_path=str(path))
+    else:
+        image: Any = {
+            "path": str(path), "bytes": buf.getvalue(), "pil": img,
+            "ndarray": np.asarray(img),
+        }[kind]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            sid = client.start_stream("from an image", image=image)
+    assert sid
+    client.end_stream()
+
+
+def test_bad_input_rejected_before_network(client: Odyssey) -> None:
+    with pytest.raises(OdysseyStreamError, match="status: disconnected"):
+        client.start_stream("x")
+    with pytest.raises(OdysseyStreamError, match="disconnected"):
+        client.interact("x")
+    with pytest.raises(OdysseyStreamError):
+        client.end_stream()
+    with pytest.raises(TypeError):
+        client.start_stream(123)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        client.start_stream("x", portrait="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        client.interact("   ")
+    with pytest.raises(ValueError):
+        client.start_stream("x" * 10_001)
+    with pytest.raises(ValueError):
+        client.start_stream("x", timeout=-1)
+    with pytest.raises(OdysseyConnectionError):
+        client.get_latest_frame(timeout=0)
+    client.connect()
+    with pytest.raises(OdysseyStreamError, match="active stream"):
+        client.interact("nothing running")
+    with pytest.raises(ValueError):
+        client.start_stream("x", image=b"not an image")
+    with pytest.raises(TypeError):
+        client.start_stream("x", image=object())
+
+
+def test_connect_twice_returns_and_reconnect_after_disconnect(client: Odyssey) -> None:
+    client.connect()
+    first = client.current_session_id
+    client.connect()  # already connected: returns at once
+    assert client.current_session_id == first
+    client.disconnect()
+    client.connect()
+    assert client.is_connected and client.current_session_id != first
+    client.start_stream("again")
+    client.end_stream()
+
+
+def test_context_manager_and_repr_hide_key(server: LocalOdyssey) -> None:
+    with Odyssey(server.api_key, api_url=server.url) as c:
+        c.connect()
+        text = repr(c)
+        assert server.api_key not in text and "connected" in text
+    assert c.current_status is ConnectionStatus.DISCONNECTED
+
+
+def test_get_latest_frame_timeouts(client: Odyssey, server: LocalOdyssey) -> None:
+    server.faults.set(stop_video=True)
+    client.connect()
+    client.start_stream("no video", portrait=False)
+    with pytest.raises(OdysseyTimeoutError):
+        client.get_latest_frame(timeout=0)
+    with pytest.raises(OdysseyTimeoutError):
+        client.get_latest_frame(timeout=0.3)
+    with pytest.raises(OdysseyTimeoutError):
+        next(iter(client.frames(timeout=0.3)))
+    server.faults.set(stop_video=False)
+    with client.get_latest_frame(timeout=10) as f:
+        assert f.width == SIZE[0]
+    client.end_stream()
+
+
+def test_frames_iterator_stops_on_disconnect(client: Odyssey) -> None:
+    client.connect()
+    client.start_stream("iterate")
+    got: list[int] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        for f in client.frames(timeout=10):
+            got.append(f.seq)
+        done.set()
+
+    t = threading.Thread(target=consume, name="test-consumer")
+    t.start()
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    client.disconnect()
+    assert done.wait(5)
+    t.join(5)
+    assert got
+
+
+def test_disconnect_from_inside_a_callback(client: Odyssey) -> None:
+    rec = Recorder()
+    cbs = rec.callbacks()
+
+    original = cbs["on_stream_started"]
+    returned = threading.Event()
+
+    def on_started(sid: str) -> None:
+        original(sid)
+        client.disconnect()  # must not deadlock on its own worker
+        returned.set()
+
+    cbs["on_stream_started"] = on_started
+    client.connect(**cbs)
+    client.start_stream("bye")
+    assert returned.wait(5)
+    assert rec.disconnected.wait(10)
+    assert client.current_status is ConnectionStatus.DISCONNECTED
+    with pytest.raises(OdysseyStreamError, match="disconnected"):
+        client.interact("too late")
+    assert rec.kinds()[-2:] == ["disconnected", "disconnected"]
+    client.disconnect()  # joins the helper thread
+
+
+def test_connect_with_credentials(server: LocalOdyssey) -> None:
+    with Odyssey(server.api_key, api_url=server.url) as backend:
+        creds = backend.create_client_credentials()
+    with Odyssey(api_url=server.url) as untrusted:
+        untrusted.connect_with_credentials(creds.to_dict())
+        assert untrusted.current_session_id == creds.session_id
+        assert untrusted.start_stream("with creds")
+        untrusted.end_stream()
