@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +288,7 @@ def test_no_api_key_fails_before_any_request(slow_server: LocalOdyssey, tmp_path
     with ApiClient(slow_server.url, None) as api:
         c = _C(api)
         seen = _paths(c)
-        calls = [
+        calls: list[Callable[[], object]] = [
             lambda: c.get_recording("s"),
             lambda: c.list_stream_recordings(),
             lambda: c.download_recording("s", tmp_path),
@@ -387,11 +387,13 @@ def test_unknown_status_keeps_polling() -> None:
 
 
 def test_failed_message_carried() -> None:
-    stub = _StubApi([])
-    stub.get_simulation = lambda job_id, deadline=None: SimulationJobDetail.from_dict(  # type: ignore[method-assign]
-        {"job_id": job_id, "status": "failed", "error_message": "GPU on fire"})
+    class FailingApi(_StubApi):
+        def get_simulation(self, job_id: str, *, deadline: Any = None) -> SimulationJobDetail:
+            return SimulationJobDetail.from_dict(
+                {"job_id": job_id, "status": "failed", "error_message": "GPU on fire"})
+
     c = _C.__new__(_C)
-    c._api = stub  # type: ignore[assignment]
+    c._api = FailingApi([])  # type: ignore[assignment]
     with pytest.raises(OdysseyStreamError, match="GPU on fire") as info:
         c.wait_for_simulation("j", progress=False)
     assert info.value.reason == "simulation_failed"
