@@ -222,7 +222,7 @@ class World:
     milliseconds at 1280×704, a frame well under the 4 ms budget.
 
     ``width``×``height`` must be even (yuv420p) and large enough for the
-    stamp (at least 144×64). ``image`` is an optional H'×W'×3 (or ×4, or
+    stamp (at least 160×96). ``image`` is an optional H'×W'×3 (or ×4, or
     greyscale) uint8 RGB start picture of any size; it is resized and
     cropped to cover the frame. ``fps`` sets how far things move per frame.
 
