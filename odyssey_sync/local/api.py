@@ -324,6 +324,9 @@ class LocalBackend:
         for row in self.store.streams_in_state(["rendering"]):
             if row["job_id"] is None:
                 self.spawn(self._render_recording(row["stream_id"]))
+            else:  # its job is failed by JobRunner.recover(); so is its output
+                self.store.update_stream(row["stream_id"], render_state="failed",
+                                         render_error="server stopped during the render")
         self.jobs.recover()
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -613,12 +616,17 @@ class LocalBackend:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _add_cors(response: web.StreamResponse) -> None:
+def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
     if response.prepared:
         return  # WebSocket upgrades and streamed bodies: headers are gone already
     for name, value in _CORS_HEADERS.items():
         if name not in response.headers:
             response.headers[name] = value
+    # No cookies are involved (origin "*"), so any header a browser asks to
+    # send may be allowed: echo the request instead of guessing a list.
+    wanted = request.headers.get("Access-Control-Request-Headers")
+    if wanted and request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Headers"] = wanted
 
 
 @web.middleware
@@ -628,7 +636,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response: web.StreamResponse = web.Response(status=204)
     else:
         response = await handler(request)
-    _add_cors(response)
+    _add_cors(request, response)
     return response
 
 
