@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import requests
@@ -64,6 +64,9 @@ from .errors import OdysseyAuthError, OdysseyConnectionError, OdysseyTimeoutErro
 
 if TYPE_CHECKING:
     from aiortc import RTCIceServer, RTCPeerConnection
+
+    from ._dispatch import Dispatcher
+    from ._frames import FrameRing, PixelFormat, VideoFrame
 
 __all__ = ["SpectatorConnection", "SpectatorStats", "connect_to_stream"]
 
@@ -81,7 +84,7 @@ CONNECT_CAP = 60.0
 
 PIXEL_FORMATS = ("rgb24", "bgr24", "rgba")
 
-VideoFrameCallback = Callable[[Any], None]
+VideoFrameCallback = Callable[["VideoFrame"], None]
 DisconnectedCallback = Callable[[], None]
 
 _ids = itertools.count(1)
@@ -117,7 +120,9 @@ class SpectatorStats:
     events_dropped: int = 0
 
     @classmethod
-    def collect(cls, ring: Any, dispatch: Any, first_frame_at: float | None) -> SpectatorStats:
+    def collect(
+        cls, ring: FrameRing | None, dispatch: Dispatcher | None, first_frame_at: float | None
+    ) -> SpectatorStats:
         if ring is None:
             return cls()
         r = ring.stats
@@ -355,8 +360,8 @@ class SpectatorConnection:
         self._on_disconnected: DisconnectedCallback | None = None
         self._disconnect_notified = False
         self._media_ssrc: int | None = None
-        self._ring: Any = None
-        self._dispatch: Any = None
+        self._ring: FrameRing | None = None
+        self._dispatch: Dispatcher | None = None
         self._url_shown = ""
         self._first_frame_at: float | None = None
         self._low_latency = True
@@ -381,7 +386,7 @@ class SpectatorConnection:
         """A snapshot of the frame counters and latency percentiles (non-blocking, any thread)."""
         return SpectatorStats.collect(self._ring, self._dispatch, self._first_frame_at)
 
-    def get_latest_frame(self, timeout: float | None = None) -> Any:
+    def get_latest_frame(self, timeout: float | None = None) -> VideoFrame:
         """The newest decoded frame, waiting for the first one if none arrived yet.
 
         Blocking, any thread. ``timeout=None`` waits until a frame arrives or
@@ -403,7 +408,7 @@ class SpectatorConnection:
             return frame
         return self._wait_newer(-1, timeout, "get_latest_frame")
 
-    def frames(self, timeout: float | None = None) -> Iterator[Any]:
+    def frames(self, timeout: float | None = None) -> Iterator[VideoFrame]:
         """Iterate over frames as they arrive (frames that went by unseen are skipped).
 
         Blocking, any thread. Each step waits up to ``timeout`` seconds for a
@@ -417,7 +422,7 @@ class SpectatorConnection:
             raise OdysseyConnectionError("spectator connection is closed")
         return self._iter_frames(timeout)
 
-    def _iter_frames(self, timeout: float | None) -> Iterator[Any]:
+    def _iter_frames(self, timeout: float | None) -> Iterator[VideoFrame]:
         last = -1
         while not self._closed and not self._ended.is_set():
             try:
@@ -430,7 +435,7 @@ class SpectatorConnection:
             finally:
                 frame.release()
 
-    def _wait_newer(self, after_seq: int, timeout: float | None, what: str) -> Any:
+    def _wait_newer(self, after_seq: int, timeout: float | None, what: str) -> VideoFrame:
         # Wait in short slices so that the end of the broadcast (or close()
         # from another thread) ends the wait promptly, whatever the ring does.
         deadline = Deadline(timeout)
@@ -619,13 +624,15 @@ class SpectatorConnection:
     async def _read_video(self, track: Any) -> None:
         from aiortc.mediastreams import MediaStreamError
 
+        ring = self._ring
+        assert ring is not None  # set before the peer connection exists
         try:
             while True:
                 frame = await track.recv()
                 # Converted straight into a ring slot; the dispatcher's video
                 # worker (and pullers) wait on the ring, nothing is queued here.
                 try:
-                    seq = self._ring.write(frame)
+                    seq = ring.write(frame)
                 except Exception:  # a conversion bug must not stop draining the track
                     log.exception("spectator %d: frame conversion failed", self._id)
                     continue
@@ -739,7 +746,7 @@ def connect_to_stream(
     conn = SpectatorConnection(_PRIVATE)
     conn._on_video_frame = on_video_frame
     conn._on_disconnected = on_disconnected
-    conn._ring = FrameRing(ring_size, frame_format)
+    conn._ring = FrameRing(ring_size, cast("PixelFormat", frame_format))  # validated above
     conn._dispatch = Dispatcher(name=f"odyssey-spectator-{conn._id}")
     try:
         conn._dispatch.start()
