@@ -438,6 +438,7 @@ class LocalBackend:
         return alloc.key_id if alloc is not None else None
 
     def verify_session_token(self, token: str, session_id: str) -> bool:
+        self.expire_allocations()  # a client arriving after its allocation expired is refused
         alloc = self.allocations.get(session_id)
         if alloc is None or not self.tokens.verify_session(token, session_id):
             return False

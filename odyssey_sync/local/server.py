@@ -284,7 +284,10 @@ class LocalOdyssey:
         backend = self._require_backend()
         backend.recover()
         app = build_app(backend)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # shutdown_timeout bounds how long stop() waits for requests in flight
+        # (a long download, a client that never reads) before closing them.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=3.0)
         self._runner = runner
         await runner.setup()
         site = web.TCPSite(runner, self._config.host, self._config.port,
