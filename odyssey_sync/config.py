@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["DEFAULT_API_URL", "PIXEL_FORMATS", "ClientConfig"]
 
@@ -18,6 +18,7 @@ DEFAULT_API_URL = "https://api.odyssey.ml"
 
 #: Pixel layouts the frame ring can produce (``VideoFrame.data`` channel order).
 PIXEL_FORMATS = ("rgb24", "bgr24", "rgba")
+FrameFormat = Literal["rgb24", "bgr24", "rgba"]
 
 
 def _default_api_url() -> str:
@@ -67,7 +68,7 @@ class ClientConfig:
     retry_backoff_multiplier: float = 2.0
     queue_timeout: float = 30.0
     ring_size: int = 4
-    frame_format: str = "rgb24"
+    frame_format: FrameFormat = "rgb24"
     callback_workers: int = 2
     low_latency: bool = True
     enable_telemetry: bool = False

@@ -94,7 +94,7 @@ def test_bad_key_is_auth_error_and_failed(server: LocalOdyssey) -> None:
             c.connect(**seen.callbacks())
         assert "ody_wrong_key_123456" not in str(info.value)
         assert c.current_status is ConnectionStatus.FAILED
-    assert seen.statuses[-1] is ConnectionStatus.DISCONNECTED or ConnectionStatus.FAILED in seen.statuses
+    assert seen.statuses == [ConnectionStatus.AUTHENTICATING, ConnectionStatus.FAILED]
     assert seen.errors and seen.errors[0][1] is True
     assert seen.disconnects == 0  # never connected: no on_disconnected
 
