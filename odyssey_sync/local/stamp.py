@@ -211,7 +211,7 @@ def _correct(code: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8] | None:
         return code if syndrome == 0 else None  # 0 or (at least) 2 errors
     if syndrome >= _CODE_BITS:
         return None  # points outside the word: ≥ 3 errors
-    fixed = code.copy()
+    fixed: npt.NDArray[np.uint8] = code.copy()
     fixed[syndrome] ^= 1  # syndrome 0: the overall parity bit itself was wrong
     return fixed
 
