@@ -355,7 +355,7 @@ class OfflineMethods:
         failures = 0
         shown: str | None = None
         with progress_bar(
-            total=None, desc=f"simulation {job_id}", bar_format="{desc}: {postfix} [{elapsed}]",
+            total=None, desc=f"simulation {job_id}", bar_format="{desc}{postfix} [{elapsed}]",
             disable=not progress, file=sys.stderr, leave=False,
         ) as bar:
             while True:

@@ -296,3 +296,13 @@ def test_exact_size_with_rotation_is_reencoded() -> None:
     px = np.asarray(img.convert("L"))
     # rotated 180°: the white half moves from left to right
     assert px[:, :300].mean() < 50 and px[:, 404:].mean() > 200
+
+
+def test_large_rotated_jpeg_uses_reduced_decode_and_still_covers() -> None:
+    # 3× the target, stored sideways: decoded at reduced scale, still upright
+    # and exactly the target size (the draft box is the swapped one)
+    data = _exif_jpeg((3840, 2112), 6)
+    _, img, _ = _decode(encode_image(data, portrait=True))
+    assert img.size == PORTRAIT_SIZE
+    px = np.asarray(img.convert("L"))
+    assert px[:600].mean() > 200 and px[700:].mean() < 50
