@@ -222,6 +222,8 @@ def fetch_ice_servers(
     """
     url = _origin(webrtc_url) + "/config"
     timeout = deadline.clamp(ICE_CONFIG_TIMEOUT)
+    if not timeout:  # out of time: the caller's next step reports the timeout
+        return []
     try:
         response = session.get(url, timeout=timeout, headers={"Cache-Control": "no-store"})
         if not response.ok:
@@ -659,6 +661,7 @@ class SpectatorConnection:
         deadline: Deadline,
     ) -> None:
         self._url_shown = _redact(webrtc_url)
+        deadline.check("connect_to_stream")
         ice = fetch_ice_servers(self._http, webrtc_url, deadline)
         self._loop.start(timeout=5.0)
         offer = self._loop.submit(
