@@ -105,6 +105,27 @@ def decode_video(data: bytes) -> tuple[int, int, int]:
     return count, width, height
 
 
+def decode_stamps(data: bytes) -> list[int | None]:
+    """Frame numbers stamped into each decoded frame of an MP4 (None: unreadable)."""
+    import av
+
+    from odyssey_sync.local.stamp import decode_stamp_raw
+
+    out: list[int | None] = []
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(video=0):
+            raw = decode_stamp_raw(frame.to_ndarray(format="rgb24"))
+            out.append(None if raw is None else raw[0])
+    return out
+
+
+def has_renderer() -> bool:
+    """True when the world renderer (odyssey_sync.local.media) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("odyssey_sync.local.media") is not None
+
+
 def png_data_url(size: tuple[int, int] = (32, 32)) -> str:
     from PIL import Image
 

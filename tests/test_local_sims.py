@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 import requests
-from local_helpers import OTHER_KEY, Api, decode_video, local_server, png_data_url, script
+from local_helpers import (
+    OTHER_KEY,
+    Api,
+    decode_stamps,
+    decode_video,
+    has_renderer,
+    local_server,
+    png_data_url,
+    script,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -67,6 +76,8 @@ def test_batch_of_two_scripts_completes_with_two_streams(server: Any, api: Any) 
         count, width, height = decode_video(video.content)
         assert count == stream["frame_count"]
         assert (width, height) == server.config.size  # landscape
+        if has_renderer():  # frames carry their numbers, in order, none lost
+            assert decode_stamps(video.content) == list(range(count))
         # simulation outputs are recordings of the key too
         rec = api.get(f"/recordings/{stream['stream_id']}").json()
         assert rec["frame_count"] == stream["frame_count"]

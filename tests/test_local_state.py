@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 import requests
-from local_helpers import OTHER_KEY, Api, decode_video, local_server, play_stream
+from local_helpers import (
+    OTHER_KEY,
+    Api,
+    decode_stamps,
+    decode_video,
+    has_renderer,
+    local_server,
+    play_stream,
+)
 
 from odyssey_sync.errors import OdysseyTimeoutError
 from odyssey_sync.local import LocalOdyssey, auth
@@ -60,6 +68,9 @@ def test_recording_lifecycle_and_download(server: Any, api: Any) -> None:
     assert video.headers["Content-Type"] == "video/mp4"
     count, width, height = decode_video(video.content)
     assert (count, width, height) == (12, *server.config.size)
+    if has_renderer():
+        assert decode_stamps(video.content) == list(range(12))
+        assert rec["thumbnail_url"] is not None and rec["preview_url"] is not None
 
     events = requests.get(rec["events_url"], timeout=10).json()
     assert [(e["type"], e["frame"]) for e in events["events"]] == [

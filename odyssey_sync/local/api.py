@@ -24,7 +24,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import math
 import secrets
 import threading
 import time
@@ -230,8 +229,9 @@ def render_stream_recording(paths: dict[str, Path], *, width: int, height: int, 
     if media is None:
         _fallback_render(paths["video"], width, height, fps, frame_count, prompt)
         return Rendered(frame_count, frame_count / fps, False, False)
+    picture = None if image is None else media.decode_image(image)
     result = media.render_recording(
-        paths["video"], width=width, height=height, fps=fps, prompt=prompt, image=image,
+        paths["video"], width=width, height=height, fps=fps, prompt=prompt, image=picture,
         interactions=interactions, frame_count=frame_count,
         thumbnail_path=paths["thumbnail"], preview_path=paths["preview"])
     return Rendered(int(result.frame_count), float(result.duration_seconds),
@@ -244,12 +244,13 @@ def render_simulation(paths: dict[str, Path], *, width: int, height: int, fps: f
     media = _media_module()
     if media is None:
         end_ms = int(script[-1]["timestamp_ms"])
-        frames = max(1, math.ceil(end_ms * fps / 1000))
+        frames = max(1, round(end_ms * fps / 1000))
         _fallback_render(paths["video"], width, height, fps, frames,
                          str(script[0]["start"]["prompt"]))
         return Rendered(frames, frames / fps, False, False)
+    picture = None if image is None else media.decode_image(image)
     result = media.render_script(
-        paths["video"], width=width, height=height, fps=fps, script=script, image=image,
+        paths["video"], width=width, height=height, fps=fps, script=script, image=picture,
         thumbnail_path=paths["thumbnail"], preview_path=paths["preview"])
     return Rendered(int(result.frame_count), float(result.duration_seconds),
                     paths["thumbnail"].exists(), paths["preview"].exists())
