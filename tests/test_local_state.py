@@ -316,3 +316,58 @@ def test_serve_subprocess_prints_url_and_key(tmp_path: Path) -> None:
             if stream is not None:
                 stream.close()
     assert os.path.exists(tmp_path / "odyssey-local.sqlite3")
+
+
+@pytest.mark.e2e
+def test_real_stream_is_recorded(tmp_path: Path) -> None:
+    """A WebRTC stream through the real-time half ends up as a rendered recording."""
+    import asyncio
+
+    pytest.importorskip("odyssey_sync.local.signaling")
+    from rtc_peer import TestPeer
+
+    with local_server(tmp_path, fps=15.0) as server, Api(server) as api:
+        session_id = api.allocate()
+        token = api.post("/sessions/token", json={"session_id": session_id}).json()
+        signaling_url = server.context.signaling_url
+
+        async def stream() -> str:
+            peer = TestPeer()
+            try:
+                await peer.connect(server.url, session_id, token["session_token"],
+                                   signaling_url=signaling_url)
+                await peer.send({"type": "interactive_stream_start", "prompt": "a lighthouse",
+                                 "portrait": False})
+                started = await peer.expect("stream_started")
+                await peer.wait_frames(5)
+                await peer.send({"type": "update", "prompt": "a storm rolls in"})
+                await peer.expect("update_acknowledged")
+                await peer.wait_frames(5)
+                await peer.send({"type": "interactive_stream_end"})
+                await peer.expect("stream_ended")
+            finally:
+                await peer.close()
+            stream_id: str = started["stream_id"]
+            return stream_id
+
+        stream_id = asyncio.run(asyncio.wait_for(stream(), 60))
+        row = server.wait_for_recording(stream_id, timeout=60)
+        assert row["render_state"] == "ready"
+        rec = api.get(f"/recordings/{stream_id}").json()
+        assert rec["frame_count"] >= 10
+        video = requests.get(rec["video_url"], timeout=20).content
+        count, width, height = decode_video(video)
+        assert (count, width, height) == (rec["frame_count"], *server.config.size)
+        if has_renderer():
+            assert decode_stamps(video) == list(range(count))
+        events = requests.get(rec["events_url"], timeout=10).json()["events"]
+        assert [e["type"] for e in events] == ["start", "interact", "end"]
+        assert 0 < events[1]["frame"] <= count
+        listed = api.get("/stream-recordings").json()["recordings"]
+        assert listed[0]["stream_id"] == stream_id and listed[0]["ended_at"] is not None
+        # the client left: its slot is free again (capacity 1)
+        deadline = time.monotonic() + 10
+        while server.call(server.context.sink.session_owner, session_id) is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert api.post("/sessions/request", json={}).status_code == 200
