@@ -692,9 +692,11 @@ def cmd_spectate(args: argparse.Namespace, out: Output) -> int:
             started = time.monotonic()
             frames = _pump_frames(spectator, args.seconds, writer, window, ended)
             elapsed = time.monotonic() - started
-    result = {"frames": frames, "seconds": round(elapsed, 3), "ended": ended.is_set(),
+            # Read before leaving: after close() it is never "connected".
+            broadcast_ended = not spectator.is_connected
+    result = {"frames": frames, "seconds": round(elapsed, 3), "ended": broadcast_ended,
               "out": str(args.out) if args.out else None}
-    suffix = " (broadcast ended)" if ended.is_set() else ""
+    suffix = " (broadcast ended)" if broadcast_ended else ""
     out.result(result, lambda: out.line(f"watched {frames} frames in {elapsed:.1f} s{suffix}"))
     return EXIT_OK
 

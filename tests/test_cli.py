@@ -326,3 +326,32 @@ def test_serve_port_in_use_is_one_line_failure(tmp_path: Path) -> None:
         port = busy.getsockname()[1]
         proc = run("serve", "--port", str(port), "--data-dir", str(tmp_path / "d"), timeout=60)
     assert_one_line_error(proc, 1)
+
+
+@pytest.mark.e2e
+def test_spectate_watches_a_live_broadcast(server: Any, tmp_path: Path) -> None:
+    import threading
+
+    import av
+
+    from odyssey_sync.client import Odyssey
+
+    ready = threading.Event()
+    infos: list[Any] = []
+    with Odyssey(server.api_key, api_url=server.url) as owner:
+        owner.connect(on_broadcast_ready=lambda info: (infos.append(info), ready.set()))
+        owner.start_stream("A harbour at dawn", portrait=False, broadcast=True)
+        assert ready.wait(15)
+        info = infos[0]
+        out = tmp_path / "watched.mp4"
+        proc = run("--json", "spectate", info.webrtc_url, "-", "--seconds", "2", "--out", str(out),
+                   stdin=info.spectator_token + "\n")
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["frames"] > 0 and result["ended"] is False
+        assert info.spectator_token not in proc.stderr
+        with av.open(str(out)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == result["frames"]
+        bad = run("spectate", info.webrtc_url, "-", stdin="wrong-token\n")
+        assert_one_line_error(bad, 1, "401")
+        owner.end_stream()
