@@ -609,3 +609,102 @@ def test_end_to_end_through_local_odyssey(tmp_path: Any) -> None:
                     raise AssertionError("allocation was not freed after the client left")
 
         asyncio.run(asyncio.wait_for(main(), 40))
+
+
+# --- the RTP seams, packet by packet ----------------------------------------
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def _send_rtp(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+class _FakeSender:
+    def __init__(self) -> None:
+        self._ssrc = 0x01020304
+        self.transport = _FakeTransport()
+        self.rtcp: list[Any] = []
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        self.rtcp.append(packet)
+
+
+def _rtp(seq: int, ssrc: int = 0x01020304) -> bytes:
+    return bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big")
+
+
+def _seqs(packets: list[bytes]) -> list[int]:
+    return [int.from_bytes(p[2:4], "big") for p in packets]
+
+
+@pytest.mark.parametrize(
+    ("faults", "expected"),
+    [
+        ({}, list(range(12))),
+        ({"drop_every": 4}, [0, 1, 2, 4, 5, 6, 8, 9, 10]),
+        ({"reorder_every": 4}, [0, 1, 3, 2, 4, 5, 7, 6, 8, 9, 11, 10]),
+        ({"reorder_every": 1}, [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10]),
+        ({"drop_every": 3, "reorder_every": 5}, [0, 1, 4, 3, 6, 7, 9, 10]),
+    ],
+)
+def test_rtp_fault_seam_patterns_are_deterministic(
+    faults: dict[str, int], expected: list[int]
+) -> None:
+    from odyssey_sync.local._rt_rtp import RtpFaultSeam
+    from odyssey_sync.local.faults import Faults
+
+    async def main() -> list[int]:
+        sender = _FakeSender()
+        transport = sender.transport
+        seam = RtpFaultSeam(Faults(**faults), sender)
+        seam.install()
+        seam.install()  # idempotent
+        for seq in range(12):
+            await transport._send_rtp(_rtp(seq))
+        # RTCP and other SSRCs (RTX retransmissions) always pass untouched
+        await transport._send_rtp(bytes([0x80, 200]) + bytes(10))
+        await transport._send_rtp(_rtp(99, ssrc=0x0A0B0C0D))
+        seam.close()
+        assert len(transport.sent[-2]) == 12 and transport.sent[-2][1] == 200
+        assert _seqs(transport.sent[-1:]) == [99]
+        return _seqs(transport.sent[:-2])
+
+    assert asyncio.run(main()) == expected
+
+
+def test_pin_bitrate_filters_remb_but_passes_pli() -> None:
+    from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket
+
+    from odyssey_sync.local._rt_rtp import pin_bitrate
+
+    async def main() -> list[Any]:
+        sender = _FakeSender()
+        pin_bitrate(sender)
+        remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"REMB")
+        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc)
+        await sender._handle_rtcp_packet(remb)
+        await sender._handle_rtcp_packet(pli)
+        return sender.rtcp
+
+    assert [p.fmt for p in asyncio.run(main())] == [1]
+
+
+def test_second_socket_supersedes_the_first_without_freeing() -> None:
+    async def scenario(server: RealtimeServer) -> None:
+        first = await connected(server)
+        second = TestPeer()
+        try:
+            await second.connect(server.base_url, "sess-1", "tok-1")
+            closed = await first.expect_signal(timeout=5)
+            assert closed == {"type": "_closed", "code": 1001}
+            assert "session_closed" not in server.sink.names()
+            await second.send({"type": "interactive_stream_start", "prompt": "again"})
+            await second.expect("stream_started")
+        finally:
+            await first.close()
+            await second.close()
+
+    run(scenario)
