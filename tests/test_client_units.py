@@ -1,0 +1,232 @@
+"""Unit tests of the client's pure parts: config, status machine, reply FIFO, URLs, RTC helpers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import pytest
+
+from odyssey_sync._rtc import (
+    DATA_CHANNEL_FALLBACK_BYTES,
+    ice_servers_from_config,
+    max_message_size_from_sdp,
+)
+from odyssey_sync._signaling import client_socket_url, config_url, normalize_signaling_url
+from odyssey_sync.client import Odyssey, PendingReplies, transition_allowed
+from odyssey_sync.config import DEFAULT_API_URL, ClientConfig
+from odyssey_sync.errors import OdysseyConnectionError, OdysseyStreamError
+from odyssey_sync.types import ConnectionStatus as S
+
+# ------------------------------------------------------------------ config
+
+
+def test_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ODYSSEY_API_URL", raising=False)
+    c = ClientConfig()
+    assert c.api_url == DEFAULT_API_URL
+    assert (c.connect_timeout, c.request_timeout, c.stream_timeout) == (60, 10, 30)
+    assert (c.max_retries, c.initial_retry_delay, c.max_retry_delay) == (5, 1.0, 2.0)
+    assert c.queue_timeout == 30 and c.ring_size == 4 and c.frame_format == "rgb24"
+    assert c.low_latency is True and c.enable_telemetry is False
+    assert [c.retry_delay(n) for n in range(5)] == [1.0, 2.0, 2.0, 2.0, 2.0]
+
+
+def test_config_reads_env_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ODYSSEY_API_URL", "http://127.0.0.1:9")
+    assert ClientConfig().api_url == "http://127.0.0.1:9"
+    assert ClientConfig(api_url="https://x.example").api_url == "https://x.example"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"connect_timeout": 0}, ValueError),
+        ({"stream_timeout": -1}, ValueError),
+        ({"request_timeout": "10"}, TypeError),
+        ({"queue_timeout": float("nan")}, ValueError),
+        ({"max_retries": -1}, ValueError),
+        ({"max_retries": 1.5}, TypeError),
+        ({"ring_size": 1}, ValueError),
+        ({"frame_format": "yuv"}, ValueError),
+        ({"callback_workers": 0}, ValueError),
+        ({"callback_workers": 3}, ValueError),
+        ({"low_latency": 1}, TypeError),
+        ({"api_url": "ftp://x"}, ValueError),
+        ({"api_url": ""}, TypeError),
+        ({"retry_backoff_multiplier": 0.5}, ValueError),
+    ],
+)
+def test_config_validation(kwargs: dict[str, object], exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        ClientConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_unknown_option_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="connect_timout"):
+        Odyssey("ody_x", connect_timout=5)
+    with pytest.raises(TypeError):
+        Odyssey(123)  # type: ignore[arg-type]
+
+
+def test_repr_never_shows_the_key() -> None:
+    c = Odyssey("ody_secret_key_value", api_url="http://127.0.0.1:9")
+    try:
+        assert "secret" not in repr(c) and "ody_…" in repr(c)
+        assert "disconnected" in repr(c)
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------ status machine
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "ok"),
+    [
+        (S.DISCONNECTED, S.AUTHENTICATING, True),
+        (S.DISCONNECTED, S.CONNECTING, True),  # connect_with_credentials
+        (S.FAILED, S.AUTHENTICATING, True),
+        (S.AUTHENTICATING, S.CONNECTING, True),
+        (S.AUTHENTICATING, S.FAILED, True),
+        (S.CONNECTING, S.CONNECTING, True),  # re-announced per attempt
+        (S.CONNECTING, S.CONNECTED, True),
+        (S.CONNECTED, S.FAILED, True),
+        (S.CONNECTED, S.DISCONNECTED, True),
+        (S.FAILED, S.DISCONNECTED, True),
+        (S.DISCONNECTED, S.CONNECTED, False),
+        (S.CONNECTED, S.CONNECTING, False),
+        (S.AUTHENTICATING, S.CONNECTED, False),
+        (S.FAILED, S.CONNECTED, False),
+    ],
+)
+def test_status_transitions(old: S, new: S, ok: bool) -> None:
+    assert transition_allowed(old, new) is ok
+
+
+# ------------------------------------------------------------- reply FIFO
+
+
+def test_fifo_resolves_oldest_first() -> None:
+    p = PendingReplies()
+    a, b = p.arm("interact"), p.arm("interact")
+    assert p.resolve("interact", "first")
+    assert p.resolve("interact", "second")
+    assert (a.result(0), b.result(0)) == ("first", "second")
+    assert not p.resolve("interact", "nobody")
+
+
+def test_fifo_kinds_are_independent() -> None:
+    p = PendingReplies()
+    s, i = p.arm("start"), p.arm("interact")
+    p.resolve("interact", "ack")
+    assert i.result(0) == "ack" and not s.done()
+    p.fail("start", OdysseyStreamError("no"))
+    with pytest.raises(OdysseyStreamError):
+        s.result(0)
+
+
+def test_abandoned_slot_consumes_its_late_reply() -> None:
+    p = PendingReplies()
+    timed_out = p.arm("interact")  # its caller gave up; the slot stays
+    nxt = p.arm("interact")
+    p.resolve("interact", "late reply")
+    assert not nxt.done()
+    p.resolve("interact", "own reply")
+    assert nxt.result(0) == "own reply" and timed_out.result(0) == "late reply"
+
+
+def test_discard_removes_a_slot_that_never_went_out() -> None:
+    p = PendingReplies()
+    lost, kept = p.arm("end"), p.arm("end")
+    p.discard("end", lost, OdysseyConnectionError("send failed"))
+    with pytest.raises(OdysseyConnectionError):
+        lost.result(0)
+    p.resolve("end", None)
+    assert kept.done() and p.waiting("end") == 0
+
+
+def test_close_fails_everything_and_later_arms() -> None:
+    p = PendingReplies()
+    slots = [p.arm(k) for k in PendingReplies.KINDS]
+    p.close(OdysseyConnectionError("gone"))
+    for f in [*slots, p.arm("start")]:
+        with pytest.raises(OdysseyConnectionError):
+            f.result(0)
+
+
+def test_fifo_is_thread_safe() -> None:
+    p = PendingReplies()
+    futures: list[concurrent.futures.Future[object]] = []
+    lock = threading.Lock()
+
+    def arm() -> None:
+        for _ in range(200):
+            f = p.arm("interact")
+            with lock:
+                futures.append(f)
+
+    threads = [threading.Thread(target=arm, name=f"test-arm{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for n in range(800):
+        assert p.resolve("interact", n)
+    assert sorted(f.result(0) for f in futures) == list(range(800))  # type: ignore[type-var]
+
+
+# -------------------------------------------------------------------- URLs
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("wss://sig.example/", "wss://sig.example"),
+        ("ws://h:1/p//", "ws://h:1/p"),
+        ("https://sig.example", "wss://sig.example"),
+        ("http://127.0.0.1:8/sig", "ws://127.0.0.1:8/sig"),
+        ("sig.example:9", "ws://sig.example:9"),
+    ],
+)
+def test_normalize_signaling_url(raw: str, normalised: str) -> None:
+    assert normalize_signaling_url(raw) == normalised
+
+
+def test_client_socket_url_escapes_id_and_token() -> None:
+    url = client_socket_url("https://sig/", "a/b c", "x+y/z=")
+    assert url == "wss://sig/client/a%2Fb%20c?token=x%2By%2Fz%3D"
+    with pytest.raises(ValueError):
+        client_socket_url("ws://sig", "", "t")
+    with pytest.raises(ValueError):
+        normalize_signaling_url(" ")
+
+
+def test_config_url() -> None:
+    assert config_url("wss://sig.example/r1") == "https://sig.example/r1/config"
+    assert config_url("ws://h:1") == "http://h:1/config"
+
+
+# ------------------------------------------------------------- RTC helpers
+
+
+def test_ice_servers_keep_turn_credentials_and_empty_means_none() -> None:
+    servers = ice_servers_from_config(
+        [
+            {"urls": "turn:t.example:3478", "username": "u", "credential": "c"},
+            {"urls": ["stun:s.example"]},
+            {"urls": 5},
+            "junk",  # type: ignore[list-item]
+        ]
+    )
+    assert len(servers) == 2
+    assert (servers[0].username, servers[0].credential) == ("u", "c")
+    assert servers[1].urls == ["stun:s.example"]
+    assert ice_servers_from_config([]) == []
+
+
+def test_max_message_size_from_sdp() -> None:
+    sdp = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=max-message-size:262144\r\n"
+    assert max_message_size_from_sdp(sdp) == 262144
+    assert max_message_size_from_sdp("v=0\r\n") == DATA_CHANNEL_FALLBACK_BYTES
+    assert max_message_size_from_sdp("a=max-message-size:0\r\n") == DATA_CHANNEL_FALLBACK_BYTES
