@@ -387,3 +387,19 @@ def test_admin_rejects_others_and_bad_input(server: Any) -> None:
     assert requests.post(url, json={"refuse_sessions": "many"}, headers=admin,
                          timeout=10).status_code == 422
     assert server.faults.refuse_sessions == 0
+
+
+def test_admin_adds_api_keys(server: Any) -> None:
+    url = server.url + "/_admin/api-keys"
+    admin = {"Authorization": f"Bearer {server.api_key}"}
+    assert requests.post(server.url + "/auth/token", json={"api_key": "tenant-3"},
+                         timeout=10).status_code == 401
+    r = requests.post(url, json={"api_key": "tenant-3"}, headers=admin, timeout=10)
+    assert r.status_code == 201 and r.json()["key_id"].startswith("key_")
+    assert "tenant-3" not in r.text
+    with Api(server, "tenant-3") as tenant:
+        assert tenant.get("/regions").status_code == 200
+    assert requests.post(url, json={"api_key": ""}, headers=admin, timeout=10).status_code == 422
+    with Api(server, OTHER_KEY) as other:
+        assert requests.post(url, json={"api_key": "x"}, headers=other.headers(),
+                             timeout=10).status_code == 403

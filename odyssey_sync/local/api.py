@@ -856,6 +856,21 @@ async def admin_clear_faults(request: web.Request) -> web.StreamResponse:
     return web.json_response(backend.ctx.faults.as_dict())
 
 
+async def admin_add_key(request: web.Request) -> web.StreamResponse:
+    """Register another API key (a separate account) on a running server."""
+    backend = _admin(request)
+    body = require_object(await read_json(request, SMALL_BODY_LIMIT))
+    key = body.get("api_key")
+    if not isinstance(key, str) or not key:
+        raise validation_error(["body", "api_key"], "Input should be a non-empty string",
+                               "string_type")
+    key_hash = auth.hash_api_key(key)
+    key_id = auth.key_id_for(key_hash)
+    backend.store.add_key(key_hash, key_id, "admin")
+    log.info("API key %s registered", key_id)
+    return web.json_response({"key_id": key_id}, status=201)
+
+
 async def admin_state(request: web.Request) -> web.StreamResponse:
     return web.json_response(_admin(request).state_json())
 
@@ -913,6 +928,7 @@ def build_app(backend: LocalBackend) -> web.Application:
     r.add_post("/_admin/faults", admin_set_faults)
     r.add_delete("/_admin/faults", admin_clear_faults)
     r.add_get("/_admin/state", admin_state)
+    r.add_post("/_admin/api-keys", admin_add_key)
     simulations.add_routes(app)
     try:
         from .signaling import setup_realtime
