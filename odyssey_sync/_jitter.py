@@ -51,7 +51,10 @@ queues the earlier ones exactly as the receiver would (``__timestamp_mapper``,
 returns the last — aiortc's one-frame-per-packet contract would otherwise
 leave a backlog that never drains when frames are single packets. These
 private names are checked by :func:`low_latency_supported` (and by
-``tests/test_jitter_seam.py``); tested with aiortc 1.16.
+``tests/test_jitter_seam.py``). Tested with aiortc 1.16; the same names and
+the same ``_handle_rtp_packet`` sequence were checked by reading the sources of
+1.9, 1.11, 1.13, 1.14 and 1.15 (only the video buffer's capacity differs: 128
+before 1.16), hence the pin ``aiortc>=1.9,<1.17``.
 
 Threading: a buffer is used only on the event loop thread that runs its peer
 connection (where aiortc calls it). :attr:`LowLatencyJitterBuffer.stats` may be

@@ -163,10 +163,12 @@ def test_apply_raises_runtime_error_when_seam_changed(monkeypatch: pytest.Monkey
 def test_apply_installs_our_buffer_idempotently() -> None:
     receiver = make_receiver()
     assert low_latency_stats(receiver) is None
+    stock = receiver._RTCRtpReceiver__jitter_buffer
     apply_low_latency(receiver)
     buffer = receiver._RTCRtpReceiver__jitter_buffer
     assert isinstance(buffer, LowLatencyJitterBuffer)
-    assert buffer.capacity == 512 and buffer._prefetch == 0 and buffer._is_video
+    # Same geometry as aiortc chose (512 packets since 1.16, 128 before).
+    assert buffer.capacity == stock.capacity and buffer._prefetch == 0 and buffer._is_video
     apply_low_latency(receiver)
     assert receiver._RTCRtpReceiver__jitter_buffer is buffer
     assert low_latency_stats(receiver) == buffer.stats
