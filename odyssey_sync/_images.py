@@ -147,17 +147,25 @@ def _read_file(path: Path) -> bytes:
         # stat first so a huge file is refused without reading it into memory
         length = path.stat().st_size
         if not path.is_file():
-            raise ValueError(f"image path is not a file: {path}")
-    except FileNotFoundError:
-        raise ValueError(f"image file not found: {path}") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read image file {path}: {exc.strerror or exc}") from exc
-    if length > MAX_IMAGE_BYTES:
-        raise ValueError(_too_big(length))
-    try:
+            raise ValueError(f"image path is not a file: {_short(path)}")
+        if length > MAX_IMAGE_BYTES:
+            raise ValueError(_too_big(length))
         return path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"image file not found: {_short(path)}") from None
     except OSError as exc:
-        raise ValueError(f"cannot read image file {path}: {exc.strerror or exc}") from exc
+        raise ValueError(f"cannot read image file {_short(path)}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        if str(exc).startswith(("image ", "image is")):
+            raise
+        # e.g. "embedded null byte": not a usable path at all
+        raise ValueError(f"invalid image path {_short(path)}: {exc}") from exc
+
+
+def _short(path: Path) -> str:
+    """A path for an error message; long strings (often base64 passed by mistake) cut."""
+    text = str(path)
+    return repr(text) if len(text) <= 120 else repr(text[:60] + "…" + text[-20:])
 
 
 def _decode_data_url(url: str) -> bytes:
@@ -171,7 +179,8 @@ def _decode_data_url(url: str) -> bytes:
     if len(payload) > (MAX_IMAGE_BYTES // 3 + 1) * 4 + 4:
         raise ValueError(_too_big(len(payload) * 3 // 4))
     try:
-        data = base64.b64decode(payload.strip(), validate=True)
+        # line breaks inside the payload are common (MIME-style wrapping)
+        data = base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError("image data URL payload is not valid base64") from exc
     if not data:

@@ -306,3 +306,19 @@ def test_large_rotated_jpeg_uses_reduced_decode_and_still_covers() -> None:
     assert img.size == PORTRAIT_SIZE
     px = np.asarray(img.convert("L"))
     assert px[:600].mean() > 200 and px[700:].mean() < 50
+
+
+def test_bad_path_strings() -> None:
+    with pytest.raises(ValueError, match="invalid image path"):
+        encode_image("a\x00b.png", portrait=True)
+    b64 = base64.b64encode(_file("PNG") * 20).decode()
+    with pytest.raises(ValueError, match=r"not found|cannot read") as info:
+        encode_image(b64, portrait=True)  # base64 without the data: prefix
+    assert len(str(info.value)) < 200
+
+
+def test_wrapped_data_url_payload() -> None:
+    payload = base64.b64encode(_file("PNG")).decode()
+    wrapped = "\n".join(payload[i:i + 76] for i in range(0, len(payload), 76))
+    assert encode_image("data:image/png;base64," + wrapped, portrait=True).startswith(
+        "data:image/png;base64,")
