@@ -587,31 +587,31 @@ def cmd_stream(args: argparse.Namespace, out: Output) -> int:
     image = _read_image(args.image)
     _check_out_path(args.out)
     broadcast: dict[str, Any] = {}
-    with _sinks(args.out, args.show, f"odyssey: {args.prompt[:40]}") as (writer, window):
-        client = _client(args)
-        with client:
-            out.info("connecting…")
+    _require_key(args)  # a usage error before any window opens
+    with _sinks(args.out, args.show, f"odyssey: {args.prompt[:40]}") as (writer, window), \
+            _client(args) as client:
+        out.info("connecting…")
 
-            def on_broadcast_ready(info: Any) -> None:
-                broadcast.update(webrtc_url=info.webrtc_url, spectator_token=info.spectator_token,
-                                 hls_url=info.hls_url)
-                # The token is the user's own credential to hand out; print it
-                # on purpose (stderr), never in logs.
-                out.info(f"broadcast ready: {info.webrtc_url}")
-                out.info(f"spectator token: {info.spectator_token}")
+        def on_broadcast_ready(info: Any) -> None:
+            broadcast.update(webrtc_url=info.webrtc_url, spectator_token=info.spectator_token,
+                             hls_url=info.hls_url)
+            # The token is the user's own credential to hand out; print it
+            # on purpose (stderr), never in logs.
+            out.info(f"broadcast ready: {info.webrtc_url}")
+            out.info(f"spectator token: {info.spectator_token}")
 
-            client.connect(on_broadcast_ready=on_broadcast_ready if args.broadcast else None)
-            kwargs: dict[str, Any] = {"portrait": args.portrait}
-            if image is not None:
-                kwargs["image"] = image
-            if args.broadcast:
-                kwargs["broadcast"] = True
-            stream_id = client.start_stream(args.prompt, **kwargs)
-            out.info(f"stream started: {stream_id}")
-            started = time.monotonic()
-            frames = _pump_frames(client, args.seconds, writer, window)
-            elapsed = time.monotonic() - started
-            client.end_stream()
+        client.connect(on_broadcast_ready=on_broadcast_ready if args.broadcast else None)
+        kwargs: dict[str, Any] = {"portrait": args.portrait}
+        if image is not None:
+            kwargs["image"] = image
+        if args.broadcast:
+            kwargs["broadcast"] = True
+        stream_id = client.start_stream(args.prompt, **kwargs)
+        out.info(f"stream started: {stream_id}")
+        started = time.monotonic()
+        frames = _pump_frames(client, args.seconds, writer, window)
+        elapsed = time.monotonic() - started
+        client.end_stream()
     result: dict[str, Any] = {
         "stream_id": stream_id,
         "frames": frames,
