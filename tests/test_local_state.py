@@ -371,3 +371,15 @@ def test_real_stream_is_recorded(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert api.post("/sessions/request", json={}).status_code == 200
+
+
+def test_shared_data_dir_skips_recovery_while_another_server_runs(tmp_path: Path) -> None:
+    with local_server(tmp_path, job_delay=30.0) as first, Api(first) as api:
+        job_id = api.post("/simulation-jobs", json={"script": [
+            {"timestamp_ms": 0, "start": {"prompt": "x"}},
+            {"timestamp_ms": 100, "end": {}}]}).json()["job_id"]
+        with local_server(tmp_path) as second, Api(second) as api2:
+            assert second.api_key == first.api_key
+            # the second server must not fail the first one's job as "interrupted"
+            assert api2.get(f"/simulation-jobs/{job_id}").json()["status"] == "pending"
+        assert api.get(f"/simulation-jobs/{job_id}").json()["status"] == "pending"

@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 _DB_NAME = "odyssey-local.sqlite3"
 _KEY_FILE = "api_key"
+_LOCK_FILE = "server.lock"
 
 
 def default_data_dir() -> Path:
@@ -135,6 +136,8 @@ class LocalOdyssey:
         self._backend: LocalBackend | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = False
+        self._lock_fd: int | None = None
+        self._sole_user = True
 
     def __repr__(self) -> str:  # no API key here, ever
         state = "running" if self.running else "stopped"
@@ -220,10 +223,43 @@ class LocalOdyssey:
         log.info("local Odyssey server listening on %s (data: %s)", self._url, self._data_dir)
         return self
 
+    def _lock_data_dir(self) -> bool:
+        """Hold a shared lock on the data directory; True if no other server uses it.
+
+        Several servers (e.g. parallel test processes using the default
+        directory) may share one data directory. Restart recovery (closing
+        allocations, failing interrupted jobs) must only run when no other
+        live server is using it, or it would clobber that server's work: try
+        an exclusive lock first, then keep a shared one for our lifetime.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no cross-process guard
+            return True
+        fd = os.open(self._data_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except OSError:
+            alone = False
+        fcntl.flock(fd, fcntl.LOCK_SH)  # converts (or waits for the shared grant)
+        self._lock_fd = fd
+        return alone
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
     def _prepare_state(self) -> None:
         """Open the store and register keys (caller's thread, before the loop starts)."""
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(self._data_dir / _DB_NAME)
+        self._sole_user = self._lock_data_dir()
+        try:
+            store = Store(self._data_dir / _DB_NAME)
+        except BaseException:
+            self._unlock_data_dir()
+            raise
         try:
             key = self._config.api_key or self._stored_or_new_key()
             primary_hash = auth.hash_api_key(key)
@@ -238,6 +274,7 @@ class LocalOdyssey:
                 allocation_timeout=self._allocation_timeout, job_delay=self._job_delay)
         except BaseException:
             store.close()
+            self._unlock_data_dir()
             raise
         self._store = store
 
@@ -282,7 +319,11 @@ class LocalOdyssey:
 
     async def _serve(self) -> None:
         backend = self._require_backend()
-        backend.recover()
+        if self._sole_user:
+            backend.recover()
+        else:
+            log.warning("data directory %s is in use by another server: skipping restart "
+                        "recovery", self._data_dir)
         app = build_app(backend)
         # shutdown_timeout bounds how long stop() waits for requests in flight
         # (a long download, a client that never reads) before closing them.
@@ -343,6 +384,7 @@ class LocalOdyssey:
     def _close_store(self) -> None:
         if self._store is not None:
             self._store.close()
+        self._unlock_data_dir()
 
     def __enter__(self) -> LocalOdyssey:
         if self._thread is None:
