@@ -27,6 +27,7 @@
 #define OYS_LEVEL_SCALAR 0
 #define OYS_LEVEL_SSE2 1
 #define OYS_LEVEL_AVX2 2
+#define OYS_LEVEL_AVX512 3 /* AVX-512BW + VBMI */
 
 /* Error codes (0 = success). */
 #define OYS_OK 0

@@ -251,6 +251,10 @@ class NativeTier(ConverterContract):
 
 
 if native_available():
+    class TestNativeAVX512(NativeTier):
+        converter = _frames._NATIVE_CONVERTER  # type: ignore[assignment]
+        level = 3
+
     class TestNativeAVX2(NativeTier):
         converter = _frames._NATIVE_CONVERTER  # type: ignore[assignment]
         level = 2
