@@ -145,9 +145,15 @@ def _caption(text: str, width: int, height: int, bg: npt.NDArray[np.float32]) ->
     limit = width - 2 * margin
     shown = " ".join(text.split())
     if draw.textlength(shown, font=font) > limit:
-        while shown and draw.textlength(shown + "…", font=font) > limit:
-            shown = shown[:-1]
-        shown += "…"
+        # Longest prefix that fits with an ellipsis (binary search: prompts may be long).
+        lo, hi = 0, len(shown)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if draw.textlength(shown[:mid] + "…", font=font) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        shown = shown[:lo].rstrip() + "…"
     top, bottom = font.getbbox("Ag")[1], font.getbbox("Ag")[3]
     y = (height - (bottom - top)) // 2 - top
     draw.text((margin, y), shown, fill=(235, 235, 225), font=font)
