@@ -690,7 +690,7 @@ async def merge_slashes_middleware(request: web.Request, handler: Handler) -> we
 # ---------------------------------------------------------------------------
 
 
-def _backend(request: web.Request) -> LocalBackend:
+def backend_of(request: web.Request) -> LocalBackend:
     backend: LocalBackend = request.app[BACKEND_KEY]
     return backend
 
@@ -699,7 +699,7 @@ BACKEND_KEY: web.AppKey[LocalBackend] = web.AppKey("odyssey_local_backend", Loca
 
 
 async def auth_token(request: web.Request) -> web.StreamResponse:
-    backend = _backend(request)
+    backend = backend_of(request)
     body = require_object(await read_json(request, SMALL_BODY_LIMIT))
     key = body.get("api_key")
     if "api_key" not in body:
@@ -722,7 +722,7 @@ async def auth_token(request: web.Request) -> web.StreamResponse:
 
 
 async def regions(request: web.Request) -> web.StreamResponse:
-    backend = _backend(request)
+    backend = backend_of(request)
     backend.bearer_key_id(request)
     return web.json_response({"regions": [
         {"id": "local", "ping_url": f"{backend.ctx.base_url}/ping"}]})
@@ -733,7 +733,7 @@ async def ping(request: web.Request) -> web.StreamResponse:
 
 
 async def sessions_request(request: web.Request) -> web.StreamResponse:
-    backend = _backend(request)
+    backend = backend_of(request)
     key_id = backend.bearer_key_id(request)
     body = require_object(await read_json(request, SMALL_BODY_LIMIT, required=False))
     latencies = body.get("region_latencies")
@@ -758,7 +758,7 @@ async def sessions_request(request: web.Request) -> web.StreamResponse:
 
 
 async def sessions_token(request: web.Request) -> web.StreamResponse:
-    backend = _backend(request)
+    backend = backend_of(request)
     key_id = backend.bearer_key_id(request)
     body = require_object(await read_json(request, SMALL_BODY_LIMIT))
     session_id = body.get("session_id")
@@ -785,14 +785,14 @@ def _own_stream(backend: LocalBackend, key_id: str, stream_id: str) -> Row:
 
 
 async def get_recording(request: web.Request) -> web.StreamResponse:
-    backend = _backend(request)
+    backend = backend_of(request)
     key_id = backend.bearer_key_id(request)
     row = _own_stream(backend, key_id, request.match_info["stream_id"])
     return web.json_response(backend.recording_json(row))
 
 
 async def list_stream_recordings(request: web.Request) -> web.StreamResponse:
-    backend = _backend(request)
+    backend = backend_of(request)
     key_id = backend.bearer_key_id(request)
     limit = query_int(request, "limit", 20, 1, 100)
     offset = query_int(request, "offset", 0, 0)
@@ -811,7 +811,7 @@ async def get_media(request: web.Request) -> web.StreamResponse:
     The file is found from (stream row in the DB, kind from a fixed table):
     nothing in the URL ever becomes part of a filesystem path.
     """
-    backend = _backend(request)
+    backend = backend_of(request)
     stream_id = request.match_info["stream_id"]
     kind = request.match_info["kind"]
     if kind not in MEDIA_KINDS:
@@ -876,7 +876,7 @@ async def admin_state(request: web.Request) -> web.StreamResponse:
 
 
 def _admin(request: web.Request) -> LocalBackend:
-    backend = _backend(request)
+    backend = backend_of(request)
     if not request.headers.get("Authorization"):
         raise ApiError(401, "Not authenticated", {"WWW-Authenticate": "Bearer"})
     if not backend.is_admin(request):

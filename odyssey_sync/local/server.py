@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -376,10 +377,24 @@ class LocalOdyssey:
         if thread.is_alive():
             log.warning("local server thread did not stop within %.1f s", timeout)
         if self._backend is not None:
-            # Render threads: wait for the one that may be mid-file so nothing
-            # writes into data_dir after stop() returns.
-            self._backend.render_pool.shutdown(wait=True, cancel_futures=True)
+            self._join_renders(timeout)
         self._close_store()
+
+    def _join_renders(self, timeout: float) -> None:
+        # Wait (bounded) for a render that may be mid-file, so that normally
+        # nothing writes into data_dir after stop() returns. A render still
+        # running after the timeout finishes on its own; its stream stays in
+        # state "rendering" and is rendered again by the next start.
+        assert self._backend is not None
+        pool = self._backend.render_pool
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        # ThreadPoolExecutor.shutdown() has no timeout; join its workers ourselves.
+        for worker in list(getattr(pool, "_threads", ())):
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                log.warning("a recording render is still running after stop(); it will "
+                            "be redone on the next start")
 
     def _close_store(self) -> None:
         if self._store is not None:

@@ -40,7 +40,7 @@ from . import auth
 from .api import (
     LARGE_BODY_LIMIT,
     ApiError,
-    _backend,
+    backend_of,
     query_bool,
     query_int,
     read_json,
@@ -385,7 +385,7 @@ def _optional_bool(body: dict[str, Any], name: str, default: bool | None) -> boo
 
 
 async def submit_job(request: web.Request) -> web.StreamResponse:
-    backend = _backend(request)
+    backend = backend_of(request)
     key_id = backend.bearer_key_id(request)
     body = require_object(await read_json(request, LARGE_BODY_LIMIT))
     portrait = _optional_bool(body, "portrait", True)
@@ -423,7 +423,7 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
 
 
 def _own_job(request: web.Request) -> tuple[LocalBackend, Row]:
-    backend = _backend(request)
+    backend = backend_of(request)
     key_id = backend.bearer_key_id(request)
     row = backend.store.job(request.match_info["job_id"])
     if row is None:
@@ -450,7 +450,7 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
 
 
 async def list_jobs(request: web.Request) -> web.StreamResponse:
-    backend = _backend(request)
+    backend = backend_of(request)
     key_id = backend.bearer_key_id(request)
     status = request.query.get("status") or None
     if status is not None and status not in JOB_STATUSES:
@@ -470,7 +470,7 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
 
 async def upload_script(request: web.Request) -> web.StreamResponse:
     """Emulator extension: store a script and hand back a signed ``script_url``."""
-    backend = _backend(request)
+    backend = backend_of(request)
     key_id = backend.bearer_key_id(request)
     doc = await read_json(request, LARGE_BODY_LIMIT)
     try:
@@ -485,7 +485,7 @@ async def upload_script(request: web.Request) -> web.StreamResponse:
 
 
 async def get_script(request: web.Request) -> web.StreamResponse:
-    backend = _backend(request)
+    backend = backend_of(request)
     script_id = request.match_info["script_id"]
     if request.match_info["kind"] != "json":
         raise ApiError(404, "Not Found")
