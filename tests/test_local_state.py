@@ -383,3 +383,26 @@ def test_shared_data_dir_skips_recovery_while_another_server_runs(tmp_path: Path
             # the second server must not fail the first one's job as "interrupted"
             assert api2.get(f"/simulation-jobs/{job_id}").json()["status"] == "pending"
         assert api.get(f"/simulation-jobs/{job_id}").json()["status"] == "pending"
+
+
+def test_plain_renderer_when_world_renderer_is_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from odyssey_sync.local import api as api_module
+
+    monkeypatch.setattr(api_module, "_media_module", lambda: None)
+    with local_server(tmp_path) as server, Api(server) as api:
+        play_stream(server, api.allocate(), "plain", frames=5)
+        assert server.wait_for_recording("plain", timeout=60)["render_state"] == "ready"
+        rec = api.get("/recordings/plain").json()
+        assert rec["thumbnail_url"] is None and rec["preview_url"] is None
+        video = requests.get(rec["video_url"], timeout=20).content
+        assert decode_video(video) == (5, *server.config.size)
+        job = api.post("/simulation-jobs", json={"script": [
+            {"timestamp_ms": 0, "start": {"prompt": "x"}}, {"timestamp_ms": 400, "end": {}}]})
+        job_id = job.json()["job_id"]
+        deadline = time.monotonic() + 60
+        while (detail := api.get(f"/simulation-jobs/{job_id}").json())["status"] != "completed":
+            assert detail["status"] not in ("failed", "cancelled"), detail
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert detail["streams"][0]["frame_count"] == 4
