@@ -661,14 +661,23 @@ class SpectatorConnection:
         deadline: Deadline,
     ) -> None:
         self._url_shown = _redact(webrtc_url)
+        started = time.monotonic()
+
+        def step(name: str) -> None:
+            log.debug("spectator %d: %s after %.1f ms", self._id, name,
+                      (time.monotonic() - started) * 1000)
+
         deadline.check("connect_to_stream")
         ice = fetch_ice_servers(self._http, webrtc_url, deadline)
+        step(f"ICE config ({len(ice)} servers)")
         self._loop.start(timeout=5.0)
         offer = self._loop.submit(
             self._make_offer(ice), deadline.clamp(ICE_GATHERING_TIMEOUT + 1.0),
             what="creating the WHEP offer",
         )
+        step("offer gathered")
         answer, self._resource = post_offer(self._http, webrtc_url, token, offer, deadline)
+        step("answer received")
         try:
             self._loop.submit(self._apply_answer(answer), deadline.clamp(5.0),
                               what="applying the WHEP answer")
@@ -681,6 +690,7 @@ class SpectatorConnection:
                     f"spectator connection to {self._url_shown} not established "
                     f"within {wait:g} s"
                 ) from None
+            step("peer connected")
             self._loop.submit(self._request_keyframe(), 2.0, what="requesting a key frame")
         except BaseException:
             # We hold a viewer slot on the server: give it back before failing.

@@ -62,3 +62,12 @@ def test_batch_simulations_runs(tmp_path: Path) -> None:
     videos = sorted(out.glob("*.mp4"))
     assert len(videos) == 3
     assert all(v.stat().st_size > 0 for v in videos)
+
+
+@pytest.mark.e2e
+def test_spectators_example_runs(tmp_path: Path) -> None:
+    proc = run_example("spectators.py", "--viewers", "2", "--seconds", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reports = [line for line in proc.stdout.splitlines() if line.startswith("viewer-")]
+    assert len(reports) == 2
+    assert all("in order: True" in line for line in reports)
