@@ -472,7 +472,7 @@ class World:
         sprites: list[_Sprite] = []
         count = int(rng.integers(3, 7))
         for _ in range(count):
-            size = max(6, int(h * rng.uniform(0.07, 0.16)))
+            size = max(6, int(min(w, h) * rng.uniform(0.07, 0.16)))
             colour = _hsv(hue + 0.15 + 0.7 * float(rng.uniform()), 0.85, 0.95)
             rgb, mask = _shape_sprite(rng, size, colour)
             speed = float(rng.uniform(0.05, 0.25)) * w / self.fps

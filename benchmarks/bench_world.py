@@ -1,0 +1,88 @@
+"""Cost of the local server's world: per-frame render/stamp/convert and recording renders.
+
+Run from the repository root::
+
+    python3 benchmarks/bench_world.py            # full run (≈ 20 s)
+    python3 benchmarks/bench_world.py --quick    # fewer frames
+
+Prints a table; asserts nothing (timings depend on the machine and its load).
+The streamer's per-frame budget is 4 ms for ``World.video_frame`` at 1280×704.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from odyssey_sync.local.media import render_recording
+from odyssey_sync.local.stamp import decode_stamp, stamp_frame
+from odyssey_sync.local.world import World
+
+
+def _timings(fn: Callable[[int], object], n: int, warmup: int = 10) -> tuple[float, float]:
+    for i in range(warmup):
+        fn(i)
+    samples = []
+    for i in range(warmup, warmup + n):
+        t0 = time.perf_counter()
+        fn(i)
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.9)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer frames")
+    args = parser.parse_args()
+    n = 100 if args.quick else 300
+    rec_frames = 60 if args.quick else 150
+
+    print(f"{'operation':<34}{'size':>11}{'median ms':>11}{'p90 ms':>9}")
+    for width, height in ((1280, 704), (704, 1280), (320, 176)):
+        world = World(width, height, "A lighthouse on a stormy coast, gulls circling")
+        world.interact("The storm clears", 40)  # exercise a scene change inside the run
+        size = f"{width}x{height}"
+        img = world.render(0).copy()
+        rows: list[tuple[str, Callable[[int], object]]] = [
+            ("World.render", world.render),
+            ("stamp_frame", lambda i, img=img: stamp_frame(img, i, 1.0)),
+            ("decode_stamp", lambda i, img=img: decode_stamp(img, now=1.0)),
+            ("World.video_frame (render+stamp+yuv)", world.video_frame),
+        ]
+        for name, fn in rows:
+            med, p90 = _timings(fn, n)
+            print(f"{name:<34}{size:>11}{med:>11.3f}{p90:>9.3f}")
+
+    print()
+    print(f"{'render_recording':<34}{'size':>11}{'frames':>8}{'fps':>8}{'x realtime':>12}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for width, height in ((1280, 704), (320, 176)):
+            t0 = time.perf_counter()
+            render_recording(
+                Path(tmp) / f"{width}x{height}.mp4",
+                width=width,
+                height=height,
+                fps=30.0,
+                prompt="A lighthouse on a stormy coast",
+                image=None,
+                interactions=[(rec_frames // 2, "The storm clears")],
+                frame_count=rec_frames,
+            )
+            elapsed = time.perf_counter() - t0
+            fps = rec_frames / elapsed
+            print(
+                f"{'H.264 MP4 (libx264 veryfast)':<34}{f'{width}x{height}':>11}"
+                f"{rec_frames:>8}{fps:>8.1f}{fps / 30.0:>12.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
