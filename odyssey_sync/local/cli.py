@@ -106,8 +106,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, on_signal)
+    given_key = getattr(args, "api_key", None) or None
     server = LocalOdyssey(
-        host=args.host, port=args.port, api_key=getattr(args, "api_key", None) or None,
+        host=args.host, port=args.port, api_key=given_key,
         data_dir=args.data_dir, fps=args.fps, size=tuple(args.size), codec=args.codec,
         capacity=args.capacity, session_timeout=args.session_timeout)
     try:
@@ -117,9 +118,15 @@ def run_serve(args: argparse.Namespace) -> int:
         out.write(f"  data directory: {server.data_dir}\n")
         out.write("Point a client at it with:\n")
         out.write(f"  export ODYSSEY_API_URL={server.url}\n")
-        # The operator asked for this server: printing its local development
-        # key to the console is the point (it is never logged).
-        out.write(f"  export ODYSSEY_API_KEY={server.api_key}\n")
+        if given_key:
+            # A key the caller supplied may be a real one (the main CLI fills
+            # --api-key from $ODYSSEY_API_KEY): never echo it.
+            out.write("  export ODYSSEY_API_KEY=<the key given with --api-key or "
+                      "$ODYSSEY_API_KEY; not echoed>\n")
+        else:
+            # A generated, local-only development key: printing it to the
+            # console is the point (it is never logged).
+            out.write(f"  export ODYSSEY_API_KEY={server.api_key}\n")
         out.write("Press Ctrl-C to stop.\n")
         out.flush()
         # Wake up periodically: signal handlers run between bytecodes of the
