@@ -1,5 +1,88 @@
-"""odyssey_sync — a synchronous, thread-based SDK for Odyssey's interactive video API."""
+"""odyssey_sync — a synchronous, thread-based SDK for Odyssey's interactive video API.
+
+Every call blocks (with a timeout), callbacks arrive on worker threads, and
+frames can also be pulled (:meth:`Odyssey.get_latest_frame`,
+:meth:`Odyssey.frames`). The embedded Odyssey-compatible server lives in
+:mod:`odyssey_sync.local`.
+"""
 
 from __future__ import annotations
 
+from ._frames import FrameRing, VideoFrame, convert_frame, native_available
+from .client import ClientStats, Odyssey
+from .config import ClientConfig
+from .errors import (
+    AccountSuspendedError,
+    ConcurrentLimitReachedError,
+    MonthlyLimitReachedError,
+    OdysseyAuthError,
+    OdysseyConnectionError,
+    OdysseyError,
+    OdysseyNotFoundError,
+    OdysseyPermissionError,
+    OdysseyQueueTimeoutError,
+    OdysseyRequestError,
+    OdysseyStreamError,
+    OdysseyTimeoutError,
+    OdysseyUsageError,
+    RateLimitError,
+    StreamDurationExceededError,
+)
+from .spectator import SpectatorConnection, SpectatorStats, connect_to_stream
+from .types import (
+    BroadcastInfo,
+    ClientCredentials,
+    ConnectionStatus,
+    Recording,
+    SimulationJobDetail,
+    SimulationJobInfo,
+    SimulationJobsList,
+    SimulationJobStatus,
+    SimulationStream,
+    StreamerCapabilities,
+    StreamRecordingInfo,
+    StreamRecordingsList,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AccountSuspendedError",
+    "BroadcastInfo",
+    "ClientConfig",
+    "ClientCredentials",
+    "ClientStats",
+    "ConcurrentLimitReachedError",
+    "ConnectionStatus",
+    "FrameRing",
+    "MonthlyLimitReachedError",
+    "Odyssey",
+    "OdysseyAuthError",
+    "OdysseyConnectionError",
+    "OdysseyError",
+    "OdysseyNotFoundError",
+    "OdysseyPermissionError",
+    "OdysseyQueueTimeoutError",
+    "OdysseyRequestError",
+    "OdysseyStreamError",
+    "OdysseyTimeoutError",
+    "OdysseyUsageError",
+    "RateLimitError",
+    "Recording",
+    "SimulationJobDetail",
+    "SimulationJobInfo",
+    "SimulationJobStatus",
+    "SimulationJobsList",
+    "SimulationStream",
+    "SpectatorConnection",
+    "SpectatorStats",
+    "StreamDurationExceededError",
+    "StreamRecordingInfo",
+    "StreamRecordingsList",
+    "StreamerCapabilities",
+    "VideoFrame",
+    "__version__",
+    "connect_to_stream",
+    "convert_frame",
+    "native_available",
+]

@@ -10,7 +10,7 @@ import pytest
 
 # Threads that belong to the interpreter or to libraries we do not own and
 # that may legitimately outlive a test (pytest-timeout's watchdog, etc.).
-_FOREIGN_PREFIXES = ("pytest_timeout", "ThreadPoolExecutor-0")
+_FOREIGN_PREFIXES = ("pytest_timeout", "ThreadPoolExecutor-0", "tqdm_monitor")
 
 
 def _our_threads(before: set[threading.Thread]) -> list[threading.Thread]:
