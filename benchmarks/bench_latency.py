@@ -6,9 +6,10 @@ loopback; the receiver decodes each frame, reads the stamp and records
 sender-stamp → decoded-frame latency. Run once with aiortc's stock video
 jitter buffer and once with ``odyssey_sync._jitter.apply_low_latency`` on the
 receiver, and print latency p50/p90/p99, fps, receiver CPU ms/frame and the
-ratio::
+ratio. The two modes alternate over several rounds (``--rounds``) so that
+load from other processes on a shared machine hits both alike::
 
-    python3 benchmarks/bench_latency.py                  # 1280x704@30, 10 s each, VP8
+    python3 benchmarks/bench_latency.py                  # 1280x704@30, 10 s per mode, VP8
     python3 benchmarks/bench_latency.py --codec H264 --seconds 5
     python3 benchmarks/bench_latency.py --drop-every 50 --reorder-every 40
 
@@ -151,8 +152,10 @@ class Received:
     unreadable: int = 0  # decoded pictures without a valid stamp
     unreadable_after: list[int] = field(default_factory=list)  # last good frame before each
     broken: int = 0  # stamp valid but the block is not where it belongs
-    cpu_s: float = 0.0  # receiver process CPU while receiving (process mode only)
-    wall_s: float = 0.0
+    cpu_s: float = 0.0  # receiver process CPU after the first frame (process mode only)
+    wall_s: float = 0.0  # from the first decoded frame to the last
+    first_at: float = 0.0
+    first_cpu: float = 0.0
     stats: JitterStats | None = None
     stock_buffer: bool = False  # the receiver kept aiortc's own buffer class
     dropped_by_seam: int = 0
@@ -191,6 +194,10 @@ async def _consume(track: MediaStreamTrack, got: Received, last: int, timeout: f
             got.unreadable += 1
             got.unreadable_after.append(got.frames[-1] if got.frames else -1)
             continue
+        if not got.frames:
+            # Rates are measured from the first decoded frame: connecting
+            # (ICE, DTLS) is not part of the steady state.
+            got.first_at, got.first_cpu = now, time.process_time()
         got.frames.append(stamp.frame)
         got.latency_ms.append(stamp.latency_ms(now))
         if not picture_ok(img, stamp.frame):
@@ -274,14 +281,14 @@ async def run_loopback(
         seam.install()
         if inspect:
             _record(got, sender, seam, _video_receivers(recv)[0])
-        started = time.monotonic()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while consumer is None and loop.time() < deadline:
             await asyncio.sleep(0.01)  # the track event fires during connect
         if consumer is not None:
             await consumer
-        got.wall_s = time.monotonic() - started
+        if got.frames:
+            got.wall_s = time.monotonic() - got.first_at
         _finish(got, recv)
         got.dropped_by_seam, got.swapped_by_seam = seam.dropped, seam.swapped
     finally:
@@ -368,13 +375,14 @@ async def _receive_from_process(
         sdp, kind = await loop.run_in_executor(None, conn.recv)
         await _answer(pc, RTCSessionDescription(sdp=sdp, type=kind), low_latency)
         conn.send((pc.localDescription.sdp, pc.localDescription.type))
-        cpu0, wall0 = time.process_time(), time.monotonic()
         deadline = loop.time() + timeout
         while consumer is None and loop.time() < deadline:
             await asyncio.sleep(0.01)
         if consumer is not None:
             await consumer
-        got.cpu_s, got.wall_s = time.process_time() - cpu0, time.monotonic() - wall0
+        if got.frames:
+            got.cpu_s = time.process_time() - got.first_cpu
+            got.wall_s = time.monotonic() - got.first_at
         _finish(got, pc)
     finally:
         if consumer is not None:
@@ -425,29 +433,55 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q * 100.0))
 
 
-def summarise(name: str, got: Received, skip: int) -> dict[str, float]:
-    """Figures of one run; the first ``skip`` frames (start-up, keyframe) are left out."""
-    lat = got.latency_ms[skip:]
-    n = len(got.frames)
+@dataclass
+class Pooled:
+    """Several runs of one mode, pooled (the first ``skip`` frames of each left out)."""
+
+    latency_ms: list[float] = field(default_factory=list)
+    frames: int = 0
+    unreadable: int = 0
+    broken: int = 0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    on_marker: int = 0
+    on_timestamp: int = 0
+    intervals: int = 0  # frames after the first of each run (what wall_s and cpu_s cover)
+
+    def add(self, got: Received, skip: int) -> None:
+        self.intervals += max(0, len(got.frames) - 1)
+        self.latency_ms += got.latency_ms[skip:]
+        self.frames += len(got.frames)
+        self.unreadable += got.unreadable
+        self.broken += got.broken
+        self.cpu_s += got.cpu_s
+        self.wall_s += got.wall_s
+        if got.stats is not None:
+            self.on_marker += got.stats.frames_on_marker
+            self.on_timestamp += got.stats.frames_on_timestamp
+
+
+def summarise(name: str, pooled: Pooled, low_latency: bool) -> dict[str, float]:
+    """Print and return the figures of one mode."""
+    lat = pooled.latency_ms
+    n = pooled.frames
     row = {
         "p50": percentile(lat, 0.5),
         "p90": percentile(lat, 0.9),
         "p99": percentile(lat, 0.99),
         "mean": statistics.fmean(lat) if lat else float("nan"),
-        "fps": n / got.wall_s if got.wall_s else float("nan"),
-        "cpu_ms_per_frame": 1000.0 * got.cpu_s / n if n else float("nan"),
+        "fps": pooled.intervals / pooled.wall_s if pooled.wall_s else float("nan"),
+        "cpu_ms_per_frame": (
+            1000.0 * pooled.cpu_s / pooled.intervals if pooled.intervals else float("nan")
+        ),
         "frames": float(n),
     }
     extra = ""
-    if got.stats is not None:
-        extra = (
-            f"  released on marker {got.stats.frames_on_marker}"
-            f" / next timestamp {got.stats.frames_on_timestamp}"
-        )
+    if low_latency:
+        extra = f"  released on marker {pooled.on_marker} / next timestamp {pooled.on_timestamp}"
     print(
         f"{name:<14} p50 {row['p50']:6.1f}  p90 {row['p90']:6.1f}  p99 {row['p99']:6.1f} ms"
         f"  fps {row['fps']:5.1f}  receiver CPU {row['cpu_ms_per_frame']:5.2f} ms/frame"
-        f"  frames {n} (unreadable {got.unreadable}, broken {got.broken}){extra}"
+        f"  frames {n} (unreadable {pooled.unreadable}, broken {pooled.broken}){extra}"
     )
     return row
 
@@ -458,30 +492,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=704)
     parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per mode, all rounds")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="alternate the modes this many times (evens out load from other processes)",
+    )
     parser.add_argument("--drop-every", type=int, default=0)
     parser.add_argument("--reorder-every", type=int, default=0)
     args = parser.parse_args(argv)
-    frames = max(2, round(args.seconds * args.fps))
-    skip = min(int(args.fps), frames // 4)
+    rounds = max(1, args.rounds)
+    frames = max(2, round(args.seconds * args.fps / rounds))
+    skip = min(int(args.fps // 2), frames // 4)
     print(
         f"aiortc loopback {args.width}x{args.height}@{args.fps:g} {args.codec}, "
-        f"{frames} frames per run (first {skip} not counted), "
+        f"{rounds} rounds x {frames} frames per mode (first {skip} of each not counted), "
         f"drop_every={args.drop_every} reorder_every={args.reorder_every}"
     )
-    rows = {}
-    for name, low_latency in (("stock aiortc", False), ("low-latency", True)):
-        got = run_with_sender_process(
-            codec=args.codec,
-            width=args.width,
-            height=args.height,
-            fps=args.fps,
-            frames=frames,
-            low_latency=low_latency,
-            drop_every=args.drop_every,
-            reorder_every=args.reorder_every,
-        )
-        rows[name] = summarise(name, got, skip)
+    modes = {"stock aiortc": False, "low-latency": True}
+    pooled = {name: Pooled() for name in modes}
+    for r in range(rounds):
+        order = list(modes) if r % 2 == 0 else list(reversed(modes))
+        for name in order:
+            got = run_with_sender_process(
+                codec=args.codec,
+                width=args.width,
+                height=args.height,
+                fps=args.fps,
+                frames=frames,
+                low_latency=modes[name],
+                drop_every=args.drop_every,
+                reorder_every=args.reorder_every,
+            )
+            pooled[name].add(got, skip)
+    rows = {name: summarise(name, pooled[name], modes[name]) for name in modes}
     stock, ours = rows["stock aiortc"], rows["low-latency"]
     with contextlib.suppress(ZeroDivisionError):
         print(
