@@ -406,3 +406,28 @@ def test_plain_renderer_when_world_renderer_is_missing(
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert detail["streams"][0]["frame_count"] == 4
+
+
+def test_serve_does_not_echo_a_given_key(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odyssey_sync.local", "--port", "0", "--data-dir",
+         str(tmp_path), "--api-key", "given-secret-key"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(5)]
+        assert not any("given-secret-key" in ln for ln in lines)
+        url = next(ln.split("=", 1)[1].strip() for ln in lines if "ODYSSEY_API_URL=" in ln)
+        r = requests.post(url + "/auth/token", json={"api_key": "given-secret-key"}, timeout=10)
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None and "given-secret-key" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
