@@ -504,6 +504,8 @@ def test_fault_rtp_loss_and_reorder_stay_decodable(fault: dict[str, int]) -> Non
             mark = len(peer.stamps)
             await peer.wait_frames(40)
             frames = stream_frames(peer, mark)
+            if 0 in frames[:6]:  # skip idle frames still in flight
+                frames = tail_from_zero(frames)
             # NACK/RTX and PLI repair the deterministic loss: most frames decode,
             # in order, and the stream keeps going.
             assert len(frames) >= 30

@@ -119,7 +119,7 @@ class _Connection:
         elif kind == "ice_candidate":
             await self.streamer.add_remote_candidate(message)
         elif kind == "interactive_stream_start":
-            self.streamer.submit(message)
+            self.streamer.submit(message, via_websocket=True)
         elif kind == "client_disconnecting":
             return False
         # keepalive and unknown types: ignored

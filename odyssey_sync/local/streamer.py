@@ -79,6 +79,11 @@ _CHANNEL_OPEN_TIMEOUT = 30.0
 #: inbound application messages queued per connection before new ones are dropped
 _INBOX_LIMIT = 256
 _STOP_VIDEO_POLL = 0.05  # fault flags have no change event; poll them while set
+#: earliest reply to a start that came over the WebSocket, seconds after receipt.
+#: The official Python client arms its reply slot only after its WebSocket send
+#: returns (PROTOCOL.md §15 item 3); a reply faster than that is lost and its
+#: start_stream() hangs. The real streamer never answers that fast.
+_WS_START_MIN_REPLY = 0.05
 
 
 def codec_preferences(choice: str) -> list[RTCRtpCodecCapability]:
@@ -265,7 +270,10 @@ class StreamerSession:
         self._c2s: RTCDataChannel | None = None
         self._s2c: RTCDataChannel | None = None
         self._s2c_open = asyncio.Event()
-        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=_INBOX_LIMIT)
+        #: (message, received at, came over the WebSocket)
+        self._inbox: asyncio.Queue[tuple[dict[str, Any], float, bool]] = asyncio.Queue(
+            maxsize=_INBOX_LIMIT
+        )
         self._worker: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._stream: LiveStream | None = None
@@ -376,26 +384,27 @@ class StreamerSession:
             return
         self.submit(message)
 
-    def submit(self, message: Any) -> None:
+    def submit(self, message: Any, *, via_websocket: bool = False) -> None:
         """Queue one application message (from either transport). Non-blocking, loop thread.
 
         Non-objects, messages without a string ``type`` and unknown types are
-        ignored, as the protocol asks.
+        ignored, as the protocol asks. ``via_websocket`` marks a start that
+        came over signaling (its reply is held back ``_WS_START_MIN_REPLY``).
         """
         if self._closed or not isinstance(message, dict):
             return
         if not isinstance(message.get("type"), str):
             return
         try:
-            self._inbox.put_nowait(message)
+            self._inbox.put_nowait((message, time.monotonic(), via_websocket))
         except asyncio.QueueFull:
             log.warning("session %s: inbound message queue full, dropping", self.session_id)
 
     async def _serve(self) -> None:
         while True:
-            message = await self._inbox.get()
+            message, received_at, via_websocket = await self._inbox.get()
             try:
-                await self._handle(message)
+                await self._handle(message, received_at if via_websocket else None)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -405,10 +414,10 @@ class StreamerSession:
                 await self._send({"type": "interactive_stream_error", "reason": "unknown",
                                   "message": "internal streamer error"})
 
-    async def _handle(self, message: dict[str, Any]) -> None:
+    async def _handle(self, message: dict[str, Any], ws_received_at: float | None) -> None:
         kind = message["type"]
         if kind == "interactive_stream_start":
-            await self._handle_start(message)
+            await self._handle_start(message, ws_received_at)
         elif kind == "update":
             await self._handle_update(message)
         elif kind == "interactive_stream_end":
@@ -417,8 +426,12 @@ class StreamerSession:
             await self._handle_timeout(message)
         # anything else: ignored (PROTOCOL.md §6.2 "unknown types are ignored")
 
-    async def _handle_start(self, message: dict[str, Any]) -> None:
+    async def _handle_start(self, message: dict[str, Any], ws_received_at: float | None) -> None:
         faults = self._ctx.faults
+        if ws_received_at is not None:
+            # See _WS_START_MIN_REPLY. Sleeping first (not before the reply) keeps
+            # the stream's frame 0 and stream_started together.
+            await asyncio.sleep(max(0.0, ws_received_at + _WS_START_MIN_REPLY - time.monotonic()))
         try:
             prompt = message.get("prompt", "")
             portrait = message.get("portrait", True)
