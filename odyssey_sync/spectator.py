@@ -51,6 +51,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -60,6 +61,7 @@ import requests
 
 from ._deadline import Deadline
 from ._loop import LoopThread
+from .config import PIXEL_FORMATS
 from .errors import OdysseyAuthError, OdysseyConnectionError, OdysseyTimeoutError
 
 if TYPE_CHECKING:
@@ -82,12 +84,13 @@ DELETE_TIMEOUT = 5.0
 #: its own after its checks fail, but we do not rely on that alone.
 CONNECT_CAP = 60.0
 
-PIXEL_FORMATS = ("rgb24", "bgr24", "rgba")
-
 VideoFrameCallback = Callable[["VideoFrame"], None]
 DisconnectedCallback = Callable[[], None]
 
 _ids = itertools.count(1)
+
+# Open connections, closed at interpreter exit if the user forgot to.
+_LIVE: weakref.WeakSet[SpectatorConnection] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -468,6 +471,7 @@ class SpectatorConnection:
                 return
             self._closed = True
             was_connected = self._connected and not self._ended.is_set()
+        _LIVE.discard(self)
         log.debug("spectator %d: closing", self._id)
         if was_connected and self._resource is not None:
             delete_resource(self._http, self._resource, timeout)
@@ -772,6 +776,7 @@ def connect_to_stream(
             conn._disconnect_notified = True  # never connected: nothing to report
         conn._teardown()
         raise
+    _LIVE.add(conn)
     log.debug("spectator %d: connected to %s", conn._id, conn._url_shown)
     return conn
 
@@ -782,3 +787,21 @@ def _enable_debug_logging() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s: %(message)s"))
         log.addHandler(handler)
+
+
+def _close_forgotten_spectators() -> None:
+    for conn in list(_LIVE):
+        with contextlib.suppress(Exception):
+            conn.close(timeout=1.0)
+
+
+# threading._register_atexit runs before the interpreter joins non-daemon
+# threads; aiortc's decoder threads are non-daemon and stop only when their
+# peer connection closes, so a plain atexit hook would run too late and a
+# forgotten spectator would hang interpreter exit.
+try:
+    threading._register_atexit(_close_forgotten_spectators)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # pragma: no cover
+    import atexit
+
+    atexit.register(_close_forgotten_spectators)

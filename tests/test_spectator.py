@@ -367,3 +367,34 @@ def test_slow_callback_skips_frames_instead_of_queueing(broadcast: Broadcast) ->
 def test_connect_timeout_bounds_the_call(broadcast: Broadcast) -> None:
     with pytest.raises(OdysseyTimeoutError):
         connect_to_stream(broadcast.info.webrtc_url, broadcast.info.spectator_token, timeout=0)
+
+
+FORGOTTEN = """
+import sys
+from odyssey_sync.spectator import connect_to_stream
+
+url, token = sys.stdin.read().split()
+spectator = connect_to_stream(url, token)
+spectator.get_latest_frame(timeout=10).release()
+print("watching", flush=True)
+# no close(): interpreter exit must still be prompt (aiortc's decoder thread
+# is not a daemon and only stops when the peer connection is closed)
+"""
+
+
+@pytest.mark.e2e
+def test_a_forgotten_spectator_does_not_hang_interpreter_exit(broadcast: Broadcast) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.run(
+        [sys.executable, "-c", FORGOTTEN],
+        input=f"{broadcast.info.webrtc_url} {broadcast.info.spectator_token}",
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+    assert "watching" in proc.stdout, proc.stderr
+    assert proc.returncode == 0, proc.stderr
