@@ -237,6 +237,7 @@ def test_quota_429(tmp_path: Path) -> None:
         detail = r.json()["detail"]
         assert detail["error"] == "MONTHLY_LIMIT_REACHED"
         assert {"message", "action", "details"} <= set(detail)
+        assert detail["details"]["reset_date"].endswith("-01")
 
 
 def test_usage_error_fault(api: Any, server: Any) -> None:

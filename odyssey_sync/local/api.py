@@ -261,6 +261,15 @@ def render_simulation(paths: dict[str, Path], *, width: int, height: int, fps: f
 # ---------------------------------------------------------------------------
 
 
+def _next_month_start() -> str:
+    """ISO date of the first day of next month (UTC): when a monthly quota resets."""
+    import datetime as dt
+
+    today = dt.datetime.now(tz=dt.timezone.utc).date()
+    year, month = (today.year + 1, 1) if today.month == 12 else (today.year, today.month + 1)
+    return dt.date(year, month, 1).isoformat()
+
+
 @dataclass
 class Allocation:
     """A streamer slot handed to one client (in memory; mirrored in the store)."""
@@ -422,7 +431,7 @@ class LocalBackend:
                     "action_url": "https://portal.odyssey.systems/dashboard",
                     "details": {"used_hours": round(used / 3600, 4),
                                 "limit_hours": round(cfg.quota_seconds / 3600, 4),
-                                "reset_date": None}})
+                                "reset_date": _next_month_start()}})
         busy = {a.slot for a in self.allocations.values()}
         free = [slot for slot in range(cfg.capacity) if slot not in busy]
         if not free:
