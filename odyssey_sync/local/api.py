@@ -307,7 +307,6 @@ class LocalBackend:
             max_workers=2, thread_name_prefix="odyssey-local-render")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._render_done = threading.Condition()
-        self._started_mono: dict[str, float] = {}
         from .simulations import JobRunner  # local import: simulations imports this module
 
         self.jobs = JobRunner(self)
