@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -353,6 +354,12 @@ def _client(args: argparse.Namespace) -> Any:
     if args.debug:
         kwargs["debug"] = True
     return Odyssey(key, **kwargs)
+
+
+def _file_name(stream_id: str) -> str:
+    """``<stream_id>.mp4`` made safe as one file name (ids come from the server)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", stream_id).lstrip(".") or "recording"
+    return f"{safe}.mp4"
 
 
 def _read_image(path: Path | None) -> bytes | None:
@@ -730,7 +737,7 @@ def _download_streams(client: Any, job: Any, directory: Path, out: Output) -> li
     directory.mkdir(parents=True, exist_ok=True)
     saved: list[str] = []
     for stream in job.streams:
-        target = directory / f"{stream.stream_id}.mp4"
+        target = directory / _file_name(stream.stream_id)
         path = client.download_recording(stream.stream_id, target, progress=True)
         saved.append(str(path))
         out.info(f"downloaded {saved[-1]}")
@@ -796,9 +803,10 @@ def cmd_recordings_get(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_recordings_download(args: argparse.Namespace, out: Output) -> int:
-    target: Path = args.path if args.path is not None else Path(f"{args.stream_id}.mp4")
+    name = _file_name(args.stream_id)
+    target: Path = args.path if args.path is not None else Path(name)
     if target.is_dir():
-        target = target / f"{args.stream_id}.mp4"
+        target = target / name
     _check_out_path(target)
     client = _client(args)
     with client:

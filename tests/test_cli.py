@@ -355,3 +355,12 @@ def test_spectate_watches_a_live_broadcast(server: Any, tmp_path: Path) -> None:
         bad = run("spectate", info.webrtc_url, "-", stdin="wrong-token\n")
         assert_one_line_error(bad, 1, "401")
         owner.end_stream()
+
+
+@pytest.mark.parametrize(
+    ("stream_id", "name"),
+    [("st-1", "st-1.mp4"), ("../../etc/passwd", "_.._etc_passwd.mp4"), ("a/b", "a_b.mp4"),
+     ("...", "recording.mp4")],
+)
+def test_download_file_names_cannot_escape_the_directory(stream_id: str, name: str) -> None:
+    assert cli._file_name(stream_id) == name
