@@ -72,21 +72,48 @@ static inline int mulhi(int a, int b) { return (a * b) >> 16; } /* pmulhw: floor
 
 static inline uint8_t clamp_u8(int x) { return (uint8_t)(x < 0 ? 0 : (x > 255 ? 255 : x)); }
 
-/* Scalar pixels [x0, width) of one output row. */
+/* Scalar pixels [x0, width) of one output row. The layout is a compile-time
+ * constant in each instantiation so the inner loop has no per-pixel branches. */
+static inline void put_px(uint8_t *restrict p, int yy, int rc, int gc, int bc, const int bpp,
+                          const int ri)
+{
+    p[ri] = clamp_u8(yy + rc);
+    p[1] = clamp_u8(yy + gc);
+    p[2 - ri] = clamp_u8(yy + bc);
+    if (bpp == 4) p[3] = 255;
+}
+
+static inline void row_scalar_fmt(const uint8_t *restrict yrow, const uint8_t *restrict u,
+                                  const uint8_t *restrict v, int c_step, uint8_t *restrict d,
+                                  int x0, int width, const oys_coeffs *c, const int bpp,
+                                  const int ri)
+{
+    const int yc = c->yc, yoff = c->yoff, vr = c->vr, ug = c->ug, vg = c->vg, ub = c->ub;
+    int x = x0;
+    /* x0 is even (a SIMD block boundary or 0): chroma terms once per pixel pair. */
+    for (; x + 2 <= width; x += 2) {
+        const int ci = (x >> 1) * c_step;
+        const int uu = (u[ci] << 3) - 1024, vv = (v[ci] << 3) - 1024;
+        const int rc = mulhi(vv, vr), gc = mulhi(uu, ug) + mulhi(vv, vg), bc = mulhi(uu, ub);
+        put_px(d + (size_t)x * bpp, mulhi((yrow[x] << 3) - yoff, yc), rc, gc, bc, bpp, ri);
+        put_px(d + (size_t)(x + 1) * bpp, mulhi((yrow[x + 1] << 3) - yoff, yc), rc, gc, bc, bpp,
+               ri);
+    }
+    if (x < width) {
+        const int ci = (x >> 1) * c_step;
+        const int uu = (u[ci] << 3) - 1024, vv = (v[ci] << 3) - 1024;
+        put_px(d + (size_t)x * bpp, mulhi((yrow[x] << 3) - yoff, yc), mulhi(vv, vr),
+               mulhi(uu, ug) + mulhi(vv, vg), mulhi(uu, ub), bpp, ri);
+    }
+}
+
 static void row_scalar(const uint8_t *yrow, const uint8_t *u, const uint8_t *v, int c_step,
                        uint8_t *d, int x0, int width, int out_format, const oys_coeffs *c)
 {
-    const int bpp = out_format == OYS_RGBA ? 4 : 3;
-    const int ri = out_format == OYS_BGR24 ? 2 : 0, bi = 2 - ri;
-    for (int x = x0; x < width; x++) {
-        const int ci = (x >> 1) * c_step;
-        const int uu = (u[ci] << 3) - 1024, vv = (v[ci] << 3) - 1024;
-        const int yy = mulhi((yrow[x] << 3) - c->yoff, c->yc);
-        uint8_t *p = d + (size_t)x * bpp;
-        p[ri] = clamp_u8(yy + mulhi(vv, c->vr));
-        p[1] = clamp_u8(yy + mulhi(uu, c->ug) + mulhi(vv, c->vg));
-        p[bi] = clamp_u8(yy + mulhi(uu, c->ub));
-        if (bpp == 4) p[3] = 255;
+    switch (out_format) {
+    case OYS_RGB24: row_scalar_fmt(yrow, u, v, c_step, d, x0, width, c, 3, 0); break;
+    case OYS_BGR24: row_scalar_fmt(yrow, u, v, c_step, d, x0, width, c, 3, 2); break;
+    default: row_scalar_fmt(yrow, u, v, c_step, d, x0, width, c, 4, 0); break;
     }
 }
 
@@ -107,7 +134,8 @@ static void row_sse2(const uint8_t *yrow, const uint8_t *u, const uint8_t *v, in
     const __m128i zero = _mm_setzero_si128();
     const int bpp = out_format == OYS_RGBA ? 4 : 3;
     const int ri = out_format == OYS_BGR24 ? 2 : 0, bi = 2 - ri;
-    uint8_t tmp[3][16];
+    uint8_t tmp[4][16];
+    (void)bi;
     for (int x = 0; x + 16 <= width; x += 16) {
         __m128i uu, vv;
         if (c_step == 1) {
@@ -144,14 +172,18 @@ static void row_sse2(const uint8_t *yrow, const uint8_t *u, const uint8_t *v, in
             _mm_storeu_si128((__m128i *)(p + 32), _mm_unpacklo_epi16(rg1, ba1));
             _mm_storeu_si128((__m128i *)(p + 48), _mm_unpackhi_epi16(rg1, ba1));
         } else {
-            _mm_storeu_si128((__m128i *)tmp[0], r);
-            _mm_storeu_si128((__m128i *)tmp[1], g);
-            _mm_storeu_si128((__m128i *)tmp[2], b);
-            for (int i = 0; i < 16; i++) {
-                p[3 * i + ri] = tmp[0][i];
-                p[3 * i + 1] = tmp[1][i];
-                p[3 * i + bi] = tmp[2][i];
-            }
+            /* Build 0x00BBGGRR words with unpacks, then copy 3 bytes of each
+             * (SSE2 has no byte shuffle to compact them in registers). */
+            const __m128i z = _mm_setzero_si128();
+            const __m128i rr = ri ? b : r, bb = ri ? r : b;
+            const __m128i rg0 = _mm_unpacklo_epi8(rr, g), rg1 = _mm_unpackhi_epi8(rr, g);
+            const __m128i b0 = _mm_unpacklo_epi8(bb, z), b1 = _mm_unpackhi_epi8(bb, z);
+            _mm_storeu_si128((__m128i *)tmp[0], _mm_unpacklo_epi16(rg0, b0));
+            _mm_storeu_si128((__m128i *)tmp[1], _mm_unpackhi_epi16(rg0, b0));
+            _mm_storeu_si128((__m128i *)tmp[2], _mm_unpacklo_epi16(rg1, b1));
+            _mm_storeu_si128((__m128i *)tmp[3], _mm_unpackhi_epi16(rg1, b1));
+            const uint8_t *w = &tmp[0][0];
+            for (int i = 0; i < 16; i++) memcpy(p + 3 * i, w + 4 * i, 3);
         }
     }
 }
@@ -401,12 +433,15 @@ static int g_level = -1;
 int oys_cpu_level(void)
 {
     if (g_cpu_level < 0) {
-        g_cpu_level = detect_level();
+        /* Tables first, level last: a thread that sees the level sees the tables.
+         * (The Python wrapper also calls this once at import, before any thread.) */
 #if OYS_X86
         build_masks();
         build_masks_512();
         build_masks_512_rgba();
 #endif
+        const int level = detect_level();
+        __atomic_store_n(&g_cpu_level, level, __ATOMIC_RELEASE);
     }
     return g_cpu_level;
 }

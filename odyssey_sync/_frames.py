@@ -65,6 +65,9 @@ def _load_native() -> tuple[Any, Any] | None:
         import odyssey_sync._yuv as _yuv
     except ImportError:
         return None
+    # Detect the CPU and build the shuffle tables now, while only the importing
+    # thread runs, rather than on the first (possibly concurrent) conversion.
+    _yuv.lib.oys_cpu_level()
     return _yuv.ffi, _yuv.lib
 
 
