@@ -364,3 +364,13 @@ def test_spectate_watches_a_live_broadcast(server: Any, tmp_path: Path) -> None:
 )
 def test_download_file_names_cannot_escape_the_directory(stream_id: str, name: str) -> None:
     assert cli._file_name(stream_id) == name
+
+
+@pytest.mark.e2e
+def test_demo_runs_on_the_embedded_server(tmp_path: Path) -> None:
+    pytest.importorskip("odyssey_sync.demo")
+    out = tmp_path / "demo"
+    proc = run("demo", "--out", str(out), "--seconds", "2", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "demo.mp4").stat().st_size > 0
+    assert (out / "contact_sheet.png").stat().st_size > 0
