@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-import pygame
+import pygame  # type: ignore[import-not-found, unused-ignore]  # pip install pygame
 
 from odyssey_sync import Odyssey
 from odyssey_sync.errors import OdysseyTimeoutError

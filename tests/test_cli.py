@@ -165,6 +165,7 @@ def test_script_file_shapes(tmp_path: Path) -> None:
     assert cli._load_script(p) == {"scripts": [entries, entries]}
     p.write_text(json.dumps({"script_url": "https://x/s.json"}))
     assert cli._load_script(p) == {"script_url": "https://x/s.json"}
+    bad: Any
     for bad in ([], {"script": entries, "scripts": [entries]}, "text"):
         p.write_text(json.dumps(bad))
         with pytest.raises(cli.UsageError):
@@ -339,7 +340,11 @@ def test_spectate_watches_a_live_broadcast(server: Any, tmp_path: Path) -> None:
     ready = threading.Event()
     infos: list[Any] = []
     with Odyssey(server.api_key, api_url=server.url) as owner:
-        owner.connect(on_broadcast_ready=lambda info: (infos.append(info), ready.set()))
+        def on_broadcast_ready(info: Any) -> None:
+            infos.append(info)
+            ready.set()
+
+        owner.connect(on_broadcast_ready=on_broadcast_ready)
         owner.start_stream("A harbour at dawn", portrait=False, broadcast=True)
         assert ready.wait(15)
         info = infos[0]
