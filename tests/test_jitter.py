@@ -430,10 +430,8 @@ def test_joined_mid_frame_drops_the_partial_frame_and_asks_for_keyframe() -> Non
     packets = packets_of(frames)[1:]  # the first packet of frame 0 never came
     stock, ours, buffer = both(packets)
     # Stock hands the decoder the headless frame; we drop it and request a keyframe.
-    assert stock.frames[0] == (
-        frames[0].timestamp,
-        b"".join(p._data for p in frames[0].packets[1:]),
-    )  # type: ignore[attr-defined]
+    headless = Frame(frames[0].timestamp, frames[0].packets[1:])
+    assert stock.frames[0] == (headless.timestamp, headless.data)
     assert ours.frames == expected(frames[1:])
     assert ours.pli == [1]  # at frame 0's marker
     assert buffer.stats.frames_dropped_incomplete == 1

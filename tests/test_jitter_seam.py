@@ -44,6 +44,15 @@ def make_receiver(kind: str = "video") -> RTCRtpReceiver:
     return RTCRtpReceiver(kind, StubTransport())  # type: ignore[arg-type]
 
 
+def private(receiver: RTCRtpReceiver, name: str) -> Any:
+    """A name-mangled private attribute of RTCRtpReceiver (the seam under test)."""
+    return getattr(receiver, f"_RTCRtpReceiver__{name}")
+
+
+def set_private(receiver: RTCRtpReceiver, name: str, value: Any) -> None:
+    setattr(receiver, f"_RTCRtpReceiver__{name}", value)
+
+
 def params(func: Any) -> list[str]:
     return list(inspect.signature(func).parameters)
 
@@ -117,6 +126,7 @@ def test_stock_reset_and_overflow_go_through_remove_and_smart_remove() -> None:
     pli, _ = probe.add(vp8_packet(110, 0, False, False))  # beyond capacity: overflow
     assert pli and "smart_remove" in calls
     calls.clear()
+    assert probe._origin is not None
     back = (probe._origin - 200) & 0xFFFF  # far behind the origin: a restarted sender
     pli, _ = probe.add(vp8_packet(back, 9, True, False))  # reset
     assert pli and calls == ["remove 8"]
@@ -124,14 +134,14 @@ def test_stock_reset_and_overflow_go_through_remove_and_smart_remove() -> None:
 
 def test_receiver_private_attributes() -> None:
     video, audio = make_receiver("video"), make_receiver("audio")
-    buffer = video._RTCRtpReceiver__jitter_buffer
+    buffer = private(video, "jitter_buffer")
     assert type(buffer) is JitterBuffer
     assert buffer._is_video is True and buffer._prefetch == 0
-    assert audio._RTCRtpReceiver__jitter_buffer._is_video is False
-    assert isinstance(video._RTCRtpReceiver__codecs, dict)
-    assert isinstance(video._RTCRtpReceiver__decoder_queue, queue.Queue)
-    assert callable(video._RTCRtpReceiver__timestamp_mapper.map)
-    assert video._RTCRtpReceiver__decoder_thread is None
+    assert private(audio, "jitter_buffer")._is_video is False
+    assert isinstance(private(video, "codecs"), dict)
+    assert isinstance(private(video, "decoder_queue"), queue.Queue)
+    assert callable(private(video, "timestamp_mapper").map)
+    assert private(video, "decoder_thread") is None
     assert params(RTCRtpReceiver._handle_rtp_packet) == ["self", "packet", "arrival_time_ms"]
     assert inspect.iscoroutinefunction(RTCRtpReceiver._handle_rtp_packet)
 
@@ -163,22 +173,22 @@ def test_apply_raises_runtime_error_when_seam_changed(monkeypatch: pytest.Monkey
 def test_apply_installs_our_buffer_idempotently() -> None:
     receiver = make_receiver()
     assert low_latency_stats(receiver) is None
-    stock = receiver._RTCRtpReceiver__jitter_buffer
+    stock = private(receiver, "jitter_buffer")
     apply_low_latency(receiver)
-    buffer = receiver._RTCRtpReceiver__jitter_buffer
+    buffer = private(receiver, "jitter_buffer")
     assert isinstance(buffer, LowLatencyJitterBuffer)
     # Same geometry as aiortc chose (512 packets since 1.16, 128 before).
     assert buffer.capacity == stock.capacity and buffer._prefetch == 0 and buffer._is_video
     apply_low_latency(receiver)
-    assert receiver._RTCRtpReceiver__jitter_buffer is buffer
+    assert private(receiver, "jitter_buffer") is buffer
     assert low_latency_stats(receiver) == buffer.stats
 
 
 def test_apply_is_a_noop_for_audio() -> None:
     receiver = make_receiver("audio")
-    before = receiver._RTCRtpReceiver__jitter_buffer
+    before = private(receiver, "jitter_buffer")
     apply_low_latency(receiver)
-    assert receiver._RTCRtpReceiver__jitter_buffer is before
+    assert private(receiver, "jitter_buffer") is before
     assert low_latency_stats(receiver) is None
 
 
@@ -189,12 +199,12 @@ def test_apply_rejects_other_objects() -> None:
 
 def test_apply_carries_over_buffered_packets() -> None:
     receiver = make_receiver()
-    stock = receiver._RTCRtpReceiver__jitter_buffer
+    stock = private(receiver, "jitter_buffer")
     packet = vp8_packet(7, 0, True, False)
     packet._data = b"x"  # type: ignore[attr-defined]
     stock.add(packet)
     apply_low_latency(receiver)
-    ours = receiver._RTCRtpReceiver__jitter_buffer
+    ours = private(receiver, "jitter_buffer")
     assert ours._origin == 7 and ours._packets[7] is packet
 
 
@@ -221,10 +231,10 @@ def test_receiver_feeds_decoder_through_our_buffer(low_latency: bool) -> None:
     set, as receive() would; frames are read back from its decoder queue.
     """
     receiver = make_receiver()
-    receiver._RTCRtpReceiver__codecs[96] = VP8
+    private(receiver, "codecs")[96] = VP8
     if low_latency:
         apply_low_latency(receiver)
-    receiver._RTCRtpReceiver__decoder_thread = object()  # "running"
+    set_private(receiver, "decoder_thread", object())  # "running"
     try:
         # Three single-packet frames, then a two-packet frame whose first packet
         # is late: it arrives after a single-packet frame that follows it, so
@@ -233,9 +243,9 @@ def test_receiver_feeds_decoder_through_our_buffer(low_latency: bool) -> None:
         f3a, f3b = vp8_packet(103, 9000, True, False), vp8_packet(104, 9000, False, True)
         f4 = vp8_packet(105, 12000, True, True)
         _feed(receiver, [*p, f3b, f4, f3a])
-        queued = _drain(receiver._RTCRtpReceiver__decoder_queue)
+        queued = _drain(private(receiver, "decoder_queue"))
     finally:
-        receiver._RTCRtpReceiver__decoder_thread = None
+        set_private(receiver, "decoder_thread", None)
 
     assert all(codec is VP8 for codec, _ in queued)
     timestamps = [frame.timestamp for _, frame in queued]
