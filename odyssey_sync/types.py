@@ -204,7 +204,8 @@ class ClientCredentials:
 
     def __repr__(self) -> str:
         return (
-            f"ClientCredentials(session_id={self.session_id!r}, signaling_url={self.signaling_url!r},"
+            f"ClientCredentials(session_id={self.session_id!r}, "
+            f"signaling_url={self.signaling_url!r},"
             f" session_token='{self.session_token[:8]}…', expires_in={self.expires_in})"
         )
 
@@ -269,7 +270,8 @@ class StreamRecordingsList:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamRecordingsList:
         recs = d.get("recordings")
-        items = [StreamRecordingInfo.from_dict(r) for r in recs if isinstance(r, dict)] if isinstance(recs, list) else []
+        recs = recs if isinstance(recs, list) else []
+        items = [StreamRecordingInfo.from_dict(r) for r in recs if isinstance(r, dict)]
         return cls(
             recordings=items,
             total=_opt_int(d, "total") or len(items),
@@ -378,7 +380,8 @@ class SimulationJobsList:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationJobsList:
         jobs = d.get("jobs")
-        items = [SimulationJobInfo.from_dict(j) for j in jobs if isinstance(j, dict)] if isinstance(jobs, list) else []
+        jobs = jobs if isinstance(jobs, list) else []
+        items = [SimulationJobInfo.from_dict(j) for j in jobs if isinstance(j, dict)]
         return cls(
             jobs=items,
             total=_opt_int(d, "total") or len(items),

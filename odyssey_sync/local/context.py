@@ -37,7 +37,8 @@ class ServerConfig:
     session_timeout: float = 300.0
     #: allocations one API key may hold at once (429 CONCURRENT_LIMIT_REACHED beyond)
     max_concurrent_per_key: int = 4
-    #: streamed seconds one key may use in total (429 MONTHLY_LIMIT_REACHED beyond); None = unlimited
+    #: streamed seconds one key may use in total (429 MONTHLY_LIMIT_REACHED beyond);
+    #: None = unlimited
     quota_seconds: float | None = None
     #: keys allowed to use bypass_vlm_expansion
     bypass_privileged: bool = True

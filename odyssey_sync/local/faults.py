@@ -93,4 +93,6 @@ class Faults:
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+            return {
+                f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")
+            }
