@@ -197,21 +197,32 @@ class _NumpyConverter(_Converter):
             vv = np.ndarray((ch, cw), np.uint8, buffer=v, strides=(c_stride, 1))
         yc, yoff, vr, ub, ug, vg = _coefficients(matrix, full_range)
         # Same terms as the SIMD code: inputs << 3, offsets removed, (a*b) >> 16 each.
-        lum = ((yy.astype(np.int32) * 8 - yoff) * yc) >> 16
-        u8 = uu.astype(np.int32) * 8 - 1024
-        v8 = vv.astype(np.int32) * 8 - 1024
-        rows = np.arange(height) >> 1
-        cols = np.arange(width) >> 1
-        chroma = (
-            (v8 * vr) >> 16,
-            ((u8 * ug) >> 16) + ((v8 * vg) >> 16),
-            (u8 * ub) >> 16,
-        )
+        lum32 = yy.astype(np.int32)
+        lum32 <<= 3
+        lum32 -= yoff
+        lum32 *= yc
+        lum32 >>= 16
+        # Luma padded to even size, so each chroma row covers exactly 2 rows of
+        # it: the chroma terms then broadcast over a (rows/2, 2, width) view
+        # instead of being gathered per pixel (fancy indexing is ~5× slower).
+        lum = np.zeros((2 * ch, 2 * cw), np.int16)
+        lum[:height, :width] = lum32
+        u8 = uu.astype(np.int32)
+        u8 <<= 3
+        u8 -= 1024
+        v8 = vv.astype(np.int32)
+        v8 <<= 3
+        v8 -= 1024
+        terms = ((v8 * vr) >> 16, ((u8 * ug) >> 16) + ((v8 * vg) >> 16), (u8 * ub) >> 16)
+        pairs = lum.reshape(ch, 2, 2 * cw)
+        tmp = np.empty_like(pairs)
+        visible = tmp.reshape(2 * ch, 2 * cw)[:height, :width]
         order = (2, 1, 0) if fmt == "bgr24" else (0, 1, 2)
-        for channel, term in zip(order, chroma, strict=True):
-            plane = lum + term[rows][:, cols]
-            np.clip(plane, 0, 255, out=plane)
-            out[:, :, channel] = plane
+        for channel, term in zip(order, terms, strict=True):
+            wide = np.repeat(term.astype(np.int16), 2, axis=1)  # one value per pixel column
+            np.add(pairs, wide[:, None, :], out=tmp)
+            np.clip(tmp, 0, 255, out=tmp)
+            out[:, :, channel] = visible
         if fmt == "rgba":
             out[:, :, 3] = 255
 
