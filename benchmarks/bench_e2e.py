@@ -291,7 +291,8 @@ def table(runs: list[Run], fps: float, args: argparse.Namespace) -> str:
     head = (
         f"Setup: local server subprocess {args.size}@{fps:g} ({args.codec}), {args.seconds:g} s "
         f"per run after 1 s warm-up, 2 shared CPU cores, Python {sys.version.split()[0]}, "
-        f"converter: {_frames.FrameRing().converter_name}.\n\n"
+        f"converter: {_frames.FrameRing().converter_name}, "
+        f"GIL switch interval {sys.getswitchinterval() * 1000:g} ms.\n\n"
         "| run | fps recv | CPU ms/frame | decoded→callback p50 / p99 ms | "
         "decoded→pullable p50 / p99 ms | stamp→callback p50 / p99 ms | "
         "stamp→pulled p50 / p99 ms |\n"
@@ -334,10 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--codec", default="vp8", choices=("vp8", "h264"))
     parser.add_argument("--only", choices=("ours", "baseline"), default=None)
+    parser.add_argument("--switch-interval", type=float, default=None, metavar="S",
+                        help="sys.setswitchinterval for this process (default: Python's 0.005)")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the table into this markdown file")
     args = parser.parse_args(argv)
     import tempfile
+
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
 
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as data_dir:
         proc, url = start_server(args.size, args.fps, args.codec, Path(data_dir))

@@ -78,12 +78,19 @@ if TYPE_CHECKING:
     from ._frames import FrameRing, VideoFrame
     from ._rtc import RtcPeer
 
-try:  # the REST engineer's offline methods (recordings, simulations, credentials)
+try:  # recordings, simulations, credentials (the REST layer's mixin)
     from ._offline import OfflineMethods
-except ImportError:  # pragma: no cover - until that module lands
+except ImportError as _exc:  # pragma: no cover - only when the package is broken
+    # Do not take the whole package down, but never fail silently either: a
+    # circular import here once hid every offline method of Odyssey.
+    warnings.warn(
+        f"odyssey_sync: recordings/simulations/credentials methods unavailable: {_exc}",
+        RuntimeWarning,
+        stacklevel=1,
+    )
 
     class OfflineMethods:  # type: ignore[no-redef]
-        """Placeholder until ``odyssey_sync._offline`` exists."""
+        """Stand-in used only when ``odyssey_sync._offline`` cannot be imported."""
 
 
 __all__ = ["DEFAULT", "MAX_PROMPT_CHARS", "ClientStats", "Odyssey"]
