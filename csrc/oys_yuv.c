@@ -217,8 +217,9 @@ static void build_masks(void)
 }
 
 __attribute__((target("avx2"))) static void
-row_avx2(const uint8_t *yrow, const uint8_t *u, const uint8_t *v, int c_step, uint8_t *d,
-         int x0, int width, int out_format, const oys_coeffs *c)
+rows_avx2(const uint8_t *y0, const uint8_t *y1, const uint8_t *u, const uint8_t *v, int c_step,
+          uint8_t *d0, uint8_t *d1, int nrows, int x0, int width, int out_format,
+          const oys_coeffs *c)
 {
     const __m256i yc = _mm256_set1_epi16(c->yc), yoff = _mm256_set1_epi16(c->yoff);
     const __m256i vr = _mm256_set1_epi16(c->vr), ub = _mm256_set1_epi16(c->ub);
@@ -242,174 +243,179 @@ row_avx2(const uint8_t *yrow, const uint8_t *u, const uint8_t *v, int c_step, ui
         const __m256i gc =
             _mm256_adds_epi16(_mm256_mulhi_epi16(uu, ug), _mm256_mulhi_epi16(vv, vg));
         const __m256i bc = _mm256_mulhi_epi16(uu, ub);
-        /* cvtepu8 put chroma 0..7 in lane 0 and 8..15 in lane 1, matching the
-         * luma words of pixels 0..15 / 16..31 of this 32-byte load. */
-        const __m256i yv = _mm256_loadu_si256((const __m256i *)(yrow + x));
-        const __m256i ye = _mm256_mulhi_epi16(
-            _mm256_sub_epi16(_mm256_slli_epi16(_mm256_and_si256(yv, lo), 3), yoff), yc);
-        const __m256i yo = _mm256_mulhi_epi16(
-            _mm256_sub_epi16(_mm256_slli_epi16(_mm256_srli_epi16(yv, 8), 3), yoff), yc);
-        __m256i r = _mm256_packus_epi16(_mm256_adds_epi16(ye, rc), _mm256_adds_epi16(yo, rc));
-        const __m256i g =
-            _mm256_packus_epi16(_mm256_adds_epi16(ye, gc), _mm256_adds_epi16(yo, gc));
-        __m256i b = _mm256_packus_epi16(_mm256_adds_epi16(ye, bc), _mm256_adds_epi16(yo, bc));
-        if (bgr) {
-            const __m256i t = r;
-            r = b;
-            b = t;
-        }
-        if (out_format != OYS_RGBA) {
-            __m256i t[3];
-            for (int k = 0; k < 3; k++) {
-                t[k] = _mm256_or_si256(
-                    _mm256_or_si256(
-                        _mm256_shuffle_epi8(r, _mm256_loadu_si256((const __m256i *)k_rgb24_mask[k][0])),
-                        _mm256_shuffle_epi8(g, _mm256_loadu_si256((const __m256i *)k_rgb24_mask[k][1]))),
-                    _mm256_shuffle_epi8(b, _mm256_loadu_si256((const __m256i *)k_rgb24_mask[k][2])));
-            }
-            /* t[k] = [chunk k of px 0..15 | chunk k of px 16..31]; reorder to 96 bytes. */
-            uint8_t *p = d + (size_t)x * 3;
-            _mm256_storeu_si256((__m256i *)(p + 0), _mm256_permute2x128_si256(t[0], t[1], 0x20));
-            _mm256_storeu_si256((__m256i *)(p + 32), _mm256_permute2x128_si256(t[2], t[0], 0x30));
-            _mm256_storeu_si256((__m256i *)(p + 64), _mm256_permute2x128_si256(t[1], t[2], 0x31));
-        } else {
-            const __m256i alpha = _mm256_set1_epi32((int)0xFF000000u);
-            __m256i t[4];
-            for (int k = 0; k < 4; k++) {
-                t[k] = _mm256_or_si256(
-                    _mm256_or_si256(
-                        _mm256_shuffle_epi8(r, _mm256_loadu_si256((const __m256i *)k_rgba_mask[k][0])),
-                        _mm256_shuffle_epi8(g, _mm256_loadu_si256((const __m256i *)k_rgba_mask[k][1]))),
-                    _mm256_or_si256(
-                        _mm256_shuffle_epi8(b, _mm256_loadu_si256((const __m256i *)k_rgba_mask[k][2])),
-                        alpha));
-            }
-            uint8_t *p = d + (size_t)x * 4;
-            _mm256_storeu_si256((__m256i *)(p + 0), _mm256_permute2x128_si256(t[0], t[1], 0x20));
-            _mm256_storeu_si256((__m256i *)(p + 32), _mm256_permute2x128_si256(t[2], t[3], 0x20));
-            _mm256_storeu_si256((__m256i *)(p + 64), _mm256_permute2x128_si256(t[0], t[1], 0x31));
-            _mm256_storeu_si256((__m256i *)(p + 96), _mm256_permute2x128_si256(t[2], t[3], 0x31));
-        }
-    }
-}
-
-
-/* ------------------------------------------------------------- AVX-512 tier */
-
-/* AVX-512BW + VBMI: 64 px per iteration, and two output rows per chroma row, so
- * the chroma terms are computed once per 2×64 block. Packing uses VBMI's
- * two-source byte permute (vpermt2b: R and G in one op) plus one masked byte
- * permute for B -- 2 shuffles per 64 output bytes instead of AVX2's 6. */
-static uint8_t k512_rg_idx[4][64];  /* [out chunk][byte]: R index, or G index | 64 */
-static uint8_t k512_b_idx[4][64];   /* B index */
-static uint64_t k512_b_mask[2][4];  /* [rgb24, rgba][chunk]: bytes taking B */
-static uint64_t k512_a_mask[4];     /* rgba alpha bytes */
-
-static int src_index_512(int p)
-{
-    /* packus(even, odd) per 128-bit lane: pixel p (0..63) sits in lane p/16 at
-     * q/2 (q = p%16 even) or 8 + q/2 (odd). */
-    const int q = p & 15;
-    return (p & ~15) + ((q & 1) ? 8 + q / 2 : q / 2);
-}
-
-static void build_masks_512(void)
-{
-    for (int rgba = 0; rgba < 2; rgba++) {
-        const int bpp = rgba ? 4 : 3;
-        for (int chunk = 0; chunk < 4; chunk++) {
-            uint64_t bm = 0, am = 0;
-            for (int b = 0; b < 64; b++) {
-                const int gb = chunk * 64 + b, p = gb / bpp, ch = gb % bpp;
-                if (p >= 64) continue;
-                const int si = src_index_512(p);
-                if (ch == 2) bm |= (uint64_t)1 << b;
-                if (ch == 3) am |= (uint64_t)1 << b;
-                if (!rgba) {
-                    k512_rg_idx[chunk][b] = (uint8_t)(ch == 1 ? si | 64 : si);
-                    k512_b_idx[chunk][b] = (uint8_t)si;
-                }
-            }
-            k512_b_mask[rgba][chunk] = bm;
-            if (rgba) k512_a_mask[chunk] = am;
-        }
-    }
-}
-
-/* RGBA index tables (separate: different pixel-per-chunk mapping). */
-static uint8_t k512_rgba_rg_idx[4][64];
-static uint8_t k512_rgba_b_idx[4][64];
-
-static void build_masks_512_rgba(void)
-{
-    for (int chunk = 0; chunk < 4; chunk++)
-        for (int b = 0; b < 64; b++) {
-            const int gb = chunk * 64 + b, p = gb / 4, ch = gb % 4;
-            const int si = src_index_512(p);
-            k512_rgba_rg_idx[chunk][b] = (uint8_t)(ch == 1 ? si | 64 : si);
-            k512_rgba_b_idx[chunk][b] = (uint8_t)si;
-        }
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vbmi"))) static void
-rows_avx512(const uint8_t *y0, const uint8_t *y1, const uint8_t *u, const uint8_t *v,
-            int c_step, uint8_t *d0, uint8_t *d1, int nrows, int width, int out_format,
-            const oys_coeffs *c)
-{
-    const __m512i yc = _mm512_set1_epi16(c->yc), yoff = _mm512_set1_epi16(c->yoff);
-    const __m512i vr = _mm512_set1_epi16(c->vr), ub = _mm512_set1_epi16(c->ub);
-    const __m512i ug = _mm512_set1_epi16(c->ug), vg = _mm512_set1_epi16(c->vg);
-    const __m512i coff = _mm512_set1_epi16(1024), lo = _mm512_set1_epi16(0x00FF);
-    const int rgba = out_format == OYS_RGBA, bgr = out_format == OYS_BGR24;
-    const int bpp = rgba ? 4 : 3, nchunks = rgba ? 4 : 3;
-    __m512i rg_idx[4], b_idx[4];
-    __mmask64 b_mask[4], a_mask[4];
-    for (int k = 0; k < nchunks; k++) {
-        rg_idx[k] = _mm512_loadu_si512(rgba ? k512_rgba_rg_idx[k] : k512_rg_idx[k]);
-        b_idx[k] = _mm512_loadu_si512(rgba ? k512_rgba_b_idx[k] : k512_b_idx[k]);
-        b_mask[k] = (__mmask64)k512_b_mask[rgba][k];
-        a_mask[k] = (__mmask64)(rgba ? k512_a_mask[k] : 0);
-    }
-    const __m512i ff = _mm512_set1_epi8((char)0xFF);
-    for (int x = 0; x + 64 <= width; x += 64) {
-        __m512i uu, vv;
-        if (c_step == 1) {
-            uu = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(u + x / 2)));
-            vv = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(v + x / 2)));
-        } else {
-            const __m512i uv = _mm512_loadu_si512(u + x);
-            uu = _mm512_and_si512(uv, lo);
-            vv = _mm512_srli_epi16(uv, 8);
-        }
-        uu = _mm512_sub_epi16(_mm512_slli_epi16(uu, 3), coff);
-        vv = _mm512_sub_epi16(_mm512_slli_epi16(vv, 3), coff);
-        const __m512i rc = _mm512_mulhi_epi16(vv, vr);
-        const __m512i gc =
-            _mm512_adds_epi16(_mm512_mulhi_epi16(uu, ug), _mm512_mulhi_epi16(vv, vg));
-        const __m512i bc = _mm512_mulhi_epi16(uu, ub);
-        for (int r = 0; r < nrows; r++) {
-            const uint8_t *yrow = r ? y1 : y0;
-            uint8_t *p = (r ? d1 : d0) + (size_t)x * bpp;
-            const __m512i yv = _mm512_loadu_si512(yrow + x);
-            const __m512i ye = _mm512_mulhi_epi16(
-                _mm512_sub_epi16(_mm512_slli_epi16(_mm512_and_si512(yv, lo), 3), yoff), yc);
-            const __m512i yo = _mm512_mulhi_epi16(
-                _mm512_sub_epi16(_mm512_slli_epi16(_mm512_srli_epi16(yv, 8), 3), yoff), yc);
-            __m512i R = _mm512_packus_epi16(_mm512_adds_epi16(ye, rc), _mm512_adds_epi16(yo, rc));
-            const __m512i G =
-                _mm512_packus_epi16(_mm512_adds_epi16(ye, gc), _mm512_adds_epi16(yo, gc));
-            __m512i B = _mm512_packus_epi16(_mm512_adds_epi16(ye, bc), _mm512_adds_epi16(yo, bc));
+        /* Both rows of the pair share these chroma terms. */
+        for (int row = 0; row < nrows; row++) {
+            const uint8_t *yrow = row ? y1 : y0;
+            uint8_t *d = row ? d1 : d0;
+            /* cvtepu8 put chroma 0..7 in lane 0 and 8..15 in lane 1, matching the
+             * luma words of pixels 0..15 / 16..31 of this 32-byte load. */
+            const __m256i yv = _mm256_loadu_si256((const __m256i *)(yrow + x));
+            const __m256i ye = _mm256_mulhi_epi16(
+                _mm256_sub_epi16(_mm256_slli_epi16(_mm256_and_si256(yv, lo), 3), yoff), yc);
+            const __m256i yo = _mm256_mulhi_epi16(
+                _mm256_sub_epi16(_mm256_slli_epi16(_mm256_srli_epi16(yv, 8), 3), yoff), yc);
+            __m256i r = _mm256_packus_epi16(_mm256_adds_epi16(ye, rc), _mm256_adds_epi16(yo, rc));
+            const __m256i g =
+                _mm256_packus_epi16(_mm256_adds_epi16(ye, gc), _mm256_adds_epi16(yo, gc));
+            __m256i b = _mm256_packus_epi16(_mm256_adds_epi16(ye, bc), _mm256_adds_epi16(yo, bc));
             if (bgr) {
-                const __m512i t = R;
-                R = B;
-                B = t;
+                const __m256i t = r;
+                r = b;
+                b = t;
             }
-            for (int k = 0; k < nchunks; k++) {
-                __m512i t = _mm512_permutex2var_epi8(R, rg_idx[k], G);
-                t = _mm512_mask_permutexvar_epi8(t, b_mask[k], b_idx[k], B);
-                if (rgba) t = _mm512_mask_mov_epi8(t, a_mask[k], ff);
-                _mm512_storeu_si512(p + 64 * k, t);
+            if (out_format != OYS_RGBA) {
+                __m256i t[3];
+                for (int k = 0; k < 3; k++) {
+                    t[k] = _mm256_or_si256(
+                        _mm256_or_si256(
+                            _mm256_shuffle_epi8(r, _mm256_loadu_si256((const __m256i *)k_rgb24_mask[k][0])),
+                            _mm256_shuffle_epi8(g, _mm256_loadu_si256((const __m256i *)k_rgb24_mask[k][1]))),
+                        _mm256_shuffle_epi8(b, _mm256_loadu_si256((const __m256i *)k_rgb24_mask[k][2])));
+                }
+                /* t[k] = [chunk k of px 0..15 | chunk k of px 16..31]; reorder to 96 bytes. */
+                uint8_t *p = d + (size_t)x * 3;
+                _mm256_storeu_si256((__m256i *)(p + 0), _mm256_permute2x128_si256(t[0], t[1], 0x20));
+                _mm256_storeu_si256((__m256i *)(p + 32), _mm256_permute2x128_si256(t[2], t[0], 0x30));
+                _mm256_storeu_si256((__m256i *)(p + 64), _mm256_permute2x128_si256(t[1], t[2], 0x31));
+            } else {
+                const __m256i alpha = _mm256_set1_epi32((int)0xFF000000u);
+                __m256i t[4];
+                for (int k = 0; k < 4; k++) {
+                    t[k] = _mm256_or_si256(
+                        _mm256_or_si256(
+                            _mm256_shuffle_epi8(r, _mm256_loadu_si256((const __m256i *)k_rgba_mask[k][0])),
+                            _mm256_shuffle_epi8(g, _mm256_loadu_si256((const __m256i *)k_rgba_mask[k][1]))),
+                        _mm256_or_si256(
+                            _mm256_shuffle_epi8(b, _mm256_loadu_si256((const __m256i *)k_rgba_mask[k][2])),
+                            alpha));
+                }
+                uint8_t *p = d + (size_t)x * 4;
+                _mm256_storeu_si256((__m256i *)(p + 0), _mm256_permute2x128_si256(t[0], t[1], 0x20));
+                _mm256_storeu_si256((__m256i *)(p + 32), _mm256_permute2x128_si256(t[2], t[3], 0x20));
+                _mm256_storeu_si256((__m256i *)(p + 64), _mm256_permute2x128_si256(t[0], t[1], 0x31));
+                _mm256_storeu_si256((__m256i *)(p + 96), _mm256_permute2x128_si256(t[2], t[3], 0x31));
             }
+        }
+    }
+}
+
+
+    /* ------------------------------------------------------------- AVX-512 tier */
+
+    /* AVX-512BW + VBMI: 64 px per iteration, and two output rows per chroma row, so
+     * the chroma terms are computed once per 2×64 block. Packing uses VBMI's
+     * two-source byte permute (vpermt2b: R and G in one op) plus one masked byte
+     * permute for B -- 2 shuffles per 64 output bytes instead of AVX2's 6. */
+    static uint8_t k512_rg_idx[4][64];  /* [out chunk][byte]: R index, or G index | 64 */
+    static uint8_t k512_b_idx[4][64];   /* B index */
+    static uint64_t k512_b_mask[2][4];  /* [rgb24, rgba][chunk]: bytes taking B */
+    static uint64_t k512_a_mask[4];     /* rgba alpha bytes */
+
+    static int src_index_512(int p)
+    {
+        /* packus(even, odd) per 128-bit lane: pixel p (0..63) sits in lane p/16 at
+         * q/2 (q = p%16 even) or 8 + q/2 (odd). */
+        const int q = p & 15;
+        return (p & ~15) + ((q & 1) ? 8 + q / 2 : q / 2);
+    }
+
+    static void build_masks_512(void)
+    {
+        for (int rgba = 0; rgba < 2; rgba++) {
+            const int bpp = rgba ? 4 : 3;
+            for (int chunk = 0; chunk < 4; chunk++) {
+                uint64_t bm = 0, am = 0;
+                for (int b = 0; b < 64; b++) {
+                    const int gb = chunk * 64 + b, p = gb / bpp, ch = gb % bpp;
+                    if (p >= 64) continue;
+                    const int si = src_index_512(p);
+                    if (ch == 2) bm |= (uint64_t)1 << b;
+                    if (ch == 3) am |= (uint64_t)1 << b;
+                    if (!rgba) {
+                        k512_rg_idx[chunk][b] = (uint8_t)(ch == 1 ? si | 64 : si);
+                        k512_b_idx[chunk][b] = (uint8_t)si;
+                    }
+                }
+                k512_b_mask[rgba][chunk] = bm;
+                if (rgba) k512_a_mask[chunk] = am;
+            }
+        }
+    }
+
+    /* RGBA index tables (separate: different pixel-per-chunk mapping). */
+    static uint8_t k512_rgba_rg_idx[4][64];
+    static uint8_t k512_rgba_b_idx[4][64];
+
+    static void build_masks_512_rgba(void)
+    {
+        for (int chunk = 0; chunk < 4; chunk++)
+            for (int b = 0; b < 64; b++) {
+                const int gb = chunk * 64 + b, p = gb / 4, ch = gb % 4;
+                const int si = src_index_512(p);
+                k512_rgba_rg_idx[chunk][b] = (uint8_t)(ch == 1 ? si | 64 : si);
+                k512_rgba_b_idx[chunk][b] = (uint8_t)si;
+            }
+    }
+
+    __attribute__((target("avx512f,avx512bw,avx512vbmi"))) static void
+    rows_avx512(const uint8_t *y0, const uint8_t *y1, const uint8_t *u, const uint8_t *v,
+                int c_step, uint8_t *d0, uint8_t *d1, int nrows, int width, int out_format,
+                const oys_coeffs *c)
+    {
+        const __m512i yc = _mm512_set1_epi16(c->yc), yoff = _mm512_set1_epi16(c->yoff);
+        const __m512i vr = _mm512_set1_epi16(c->vr), ub = _mm512_set1_epi16(c->ub);
+        const __m512i ug = _mm512_set1_epi16(c->ug), vg = _mm512_set1_epi16(c->vg);
+        const __m512i coff = _mm512_set1_epi16(1024), lo = _mm512_set1_epi16(0x00FF);
+        const int rgba = out_format == OYS_RGBA, bgr = out_format == OYS_BGR24;
+        const int bpp = rgba ? 4 : 3, nchunks = rgba ? 4 : 3;
+        __m512i rg_idx[4], b_idx[4];
+        __mmask64 b_mask[4], a_mask[4];
+        for (int k = 0; k < nchunks; k++) {
+            rg_idx[k] = _mm512_loadu_si512(rgba ? k512_rgba_rg_idx[k] : k512_rg_idx[k]);
+            b_idx[k] = _mm512_loadu_si512(rgba ? k512_rgba_b_idx[k] : k512_b_idx[k]);
+            b_mask[k] = (__mmask64)k512_b_mask[rgba][k];
+            a_mask[k] = (__mmask64)(rgba ? k512_a_mask[k] : 0);
+        }
+        const __m512i ff = _mm512_set1_epi8((char)0xFF);
+        for (int x = 0; x + 64 <= width; x += 64) {
+            __m512i uu, vv;
+            if (c_step == 1) {
+                uu = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(u + x / 2)));
+                vv = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(v + x / 2)));
+            } else {
+                const __m512i uv = _mm512_loadu_si512(u + x);
+                uu = _mm512_and_si512(uv, lo);
+                vv = _mm512_srli_epi16(uv, 8);
+            }
+            uu = _mm512_sub_epi16(_mm512_slli_epi16(uu, 3), coff);
+            vv = _mm512_sub_epi16(_mm512_slli_epi16(vv, 3), coff);
+            const __m512i rc = _mm512_mulhi_epi16(vv, vr);
+            const __m512i gc =
+                _mm512_adds_epi16(_mm512_mulhi_epi16(uu, ug), _mm512_mulhi_epi16(vv, vg));
+            const __m512i bc = _mm512_mulhi_epi16(uu, ub);
+            for (int r = 0; r < nrows; r++) {
+                const uint8_t *yrow = r ? y1 : y0;
+                uint8_t *p = (r ? d1 : d0) + (size_t)x * bpp;
+                const __m512i yv = _mm512_loadu_si512(yrow + x);
+                const __m512i ye = _mm512_mulhi_epi16(
+                    _mm512_sub_epi16(_mm512_slli_epi16(_mm512_and_si512(yv, lo), 3), yoff), yc);
+                const __m512i yo = _mm512_mulhi_epi16(
+                    _mm512_sub_epi16(_mm512_slli_epi16(_mm512_srli_epi16(yv, 8), 3), yoff), yc);
+                __m512i R = _mm512_packus_epi16(_mm512_adds_epi16(ye, rc), _mm512_adds_epi16(yo, rc));
+                const __m512i G =
+                    _mm512_packus_epi16(_mm512_adds_epi16(ye, gc), _mm512_adds_epi16(yo, gc));
+                __m512i B = _mm512_packus_epi16(_mm512_adds_epi16(ye, bc), _mm512_adds_epi16(yo, bc));
+                if (bgr) {
+                    const __m512i t = R;
+                    R = B;
+                    B = t;
+                }
+                for (int k = 0; k < nchunks; k++) {
+                    __m512i t = _mm512_permutex2var_epi8(R, rg_idx[k], G);
+                    t = _mm512_mask_permutexvar_epi8(t, b_mask[k], b_idx[k], B);
+                    if (rgba) t = _mm512_mask_mov_epi8(t, a_mask[k], ff);
+                    _mm512_storeu_si512(p + 64 * k, t);
+                }
         }
     }
 }
@@ -476,6 +482,7 @@ int oys_convert(const uint8_t *y, ptrdiff_t y_stride,
     oys_coeffs c;
     make_coeffs(matrix, full_range, &c);
     const int level = oys_active_level();
+    (void)level; /* only SIMD builds look at it */
     /* Rows go in pairs because both rows of a pair share one chroma row. */
     for (int row = 0; row < height; row += 2) {
         const int nrows = row + 1 < height ? 2 : 1;
@@ -489,19 +496,19 @@ int oys_convert(const uint8_t *y, ptrdiff_t y_stride,
             rows_avx512(yr[0], yr[1], ur, vr, c_step, dr[0], dr[1], nrows, width, out_format, &c);
             done = width & ~63;
         }
+        if (level >= OYS_LEVEL_AVX2 && done + 32 <= width) {
+            rows_avx2(yr[0], yr[1], ur, vr, c_step, dr[0], dr[1], nrows, done, width, out_format,
+                      &c);
+            done = width & ~31;
+        }
 #endif
         for (int r = 0; r < nrows; r++) {
             int x = done;
 #if OYS_X86
-            if (level >= OYS_LEVEL_AVX2) {
-                row_avx2(yr[r], ur, vr, c_step, dr[r], x, width, out_format, &c);
-                x = width & ~31;
-            } else if (level == OYS_LEVEL_SSE2) {
+            if (level == OYS_LEVEL_SSE2) {
                 row_sse2(yr[r], ur, vr, c_step, dr[r], width, out_format, &c);
                 x = width & ~15;
             }
-#else
-            (void)level;
 #endif
             if (x < width) row_scalar(yr[r], ur, vr, c_step, dr[r], x, width, out_format, &c);
         }
