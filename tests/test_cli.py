@@ -379,3 +379,13 @@ def test_demo_runs_on_the_embedded_server(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (out / "demo.mp4").stat().st_size > 0
     assert (out / "contact_sheet.png").stat().st_size > 0
+
+
+@pytest.mark.e2e
+def test_stream_broadcast_reports_the_spectator_details(server: Any) -> None:
+    proc = run("--json", *api(server), "stream", "A harbour", "--seconds", "1.5", "--broadcast")
+    assert proc.returncode == 0, proc.stderr
+    broadcast = json.loads(proc.stdout)["broadcast"]
+    assert broadcast["webrtc_url"].startswith(server.url)
+    assert broadcast["spectator_token"]
+    assert "broadcast ready:" in proc.stderr
