@@ -943,8 +943,15 @@ class Odyssey(OfflineMethods):
         thread.start()
 
     def _join_teardowns(self, timeout: float = 10.0) -> None:
+        current = threading.current_thread()
+        if current.name.startswith(f"odyssey-{self._id}") and current.name.endswith(
+            ("-events", "-video")
+        ):
+            # A callback (e.g. on_disconnected reconnecting): the teardown may be
+            # waiting for this very worker, so waiting for it would stall both.
+            return
         with self._lock:
-            threads = [t for t in self._teardowns if t is not threading.current_thread()]
+            threads = [t for t in self._teardowns if t is not current]
         end = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, end - time.monotonic()))

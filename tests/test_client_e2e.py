@@ -315,3 +315,62 @@ def test_connect_with_credentials(server: LocalOdyssey) -> None:
         assert untrusted.current_session_id == creds.session_id
         assert untrusted.start_stream("with creds")
         untrusted.end_stream()
+
+
+def test_broadcast_ready_callback(client: Odyssey) -> None:
+    got: list[Any] = []
+    ready = threading.Event()
+
+    def on_ready(info: Any) -> None:
+        got.append(info)
+        ready.set()
+
+    client.connect(on_broadcast_ready=on_ready)
+    client.start_stream("for spectators", broadcast=True)
+    assert ready.wait(15)
+    info = got[0]
+    assert info.webrtc_url.startswith("http") and info.spectator_token
+    assert info.spectator_token not in repr(info)
+    client.end_stream()
+
+
+@pytest.mark.parametrize("low_latency", [True, False])
+def test_low_latency_switch(server: LocalOdyssey, low_latency: bool) -> None:
+    with Odyssey(server.api_key, api_url=server.url, low_latency=low_latency) as c:
+        c.connect()
+        conn = c._conn
+        assert conn is not None and conn.peer is not None
+        assert conn.peer.low_latency_active is low_latency
+        c.start_stream("latency", portrait=False)
+        with c.get_latest_frame(timeout=10) as f:
+            assert f.width == SIZE[0]
+        c.end_stream()
+
+
+def test_single_callback_worker_serialises_frames_with_events(server: LocalOdyssey) -> None:
+    threads: set[str] = set()
+    got = threading.Event()
+
+    def on_frame(frame: Any) -> None:
+        threads.add(threading.current_thread().name)
+        got.set()
+
+    with Odyssey(server.api_key, api_url=server.url, callback_workers=1,
+                 frame_format="bgr24") as c:
+        c.connect(on_video_frame=on_frame,
+                  on_connected=lambda: threads.add(threading.current_thread().name))
+        c.start_stream("one worker")
+        assert got.wait(10)
+        c.end_stream()
+    assert len(threads) == 1 and next(iter(threads)).endswith("-events")
+
+
+def test_credentials_status_starts_at_connecting(server: LocalOdyssey) -> None:
+    statuses: list[ConnectionStatus] = []
+    with Odyssey(server.api_key, api_url=server.url) as backend:
+        creds = backend.create_client_credentials()
+    with Odyssey(api_url=server.url) as c:
+        c.connect_with_credentials(creds, on_status_change=lambda s, m: statuses.append(s))
+        with pytest.raises(TypeError):
+            c.connect_with_credentials(creds, on_nothing=print)
+    assert statuses[:2] == [ConnectionStatus.CONNECTING, ConnectionStatus.CONNECTED]

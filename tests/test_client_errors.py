@@ -388,3 +388,23 @@ def test_normal_server_close_is_noticed(client: Odyssey) -> None:
     assert client.current_status is ConnectionStatus.DISCONNECTED
     assert not [e for e, fatal in seen.errors if fatal]
     client.disconnect()
+
+
+def test_reconnect_from_on_disconnected(client: Odyssey, server: LocalOdyssey) -> None:
+    reconnected = threading.Event()
+    errors: list[BaseException] = []
+
+    def on_disconnected() -> None:
+        server.faults.set(drop_signaling_after=None)
+        try:
+            client.connect()  # from the old connection's event worker
+            reconnected.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    server.faults.set(drop_signaling_after=0.5)
+    client.connect(on_disconnected=on_disconnected)
+    assert reconnected.wait(15), errors
+    assert client.is_connected
+    assert client.start_stream("second life")
+    client.end_stream()
