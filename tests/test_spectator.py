@@ -398,3 +398,44 @@ def test_a_forgotten_spectator_does_not_hang_interpreter_exit(broadcast: Broadca
     )
     assert "watching" in proc.stdout, proc.stderr
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.e2e
+def test_close_from_inside_a_callback_does_not_deadlock(broadcast: Broadcast) -> None:
+    holder: dict[str, Any] = {}
+    closed = threading.Event()
+    disconnected = threading.Event()
+
+    def on_frame(frame: Any) -> None:
+        spectator = holder.get("sp")
+        if spectator is not None and not closed.is_set():
+            spectator.close()  # from the dispatcher's video thread
+            closed.set()
+
+    info = broadcast.info
+    sp = connect_to_stream(info.webrtc_url, info.spectator_token, on_video_frame=on_frame,
+                           on_disconnected=disconnected.set)
+    holder["sp"] = sp
+    try:
+        assert closed.wait(15), "callback never closed the connection"
+        assert disconnected.wait(10)
+        assert not sp.is_connected
+    finally:
+        sp.close()
+
+
+@pytest.mark.e2e
+def test_a_raising_callback_does_not_stop_the_video(broadcast: Broadcast) -> None:
+    calls = threading.Semaphore(0)
+
+    def broken(frame: Any) -> None:
+        calls.release()
+        raise RuntimeError("user bug")
+
+    info = broadcast.info
+    with connect_to_stream(info.webrtc_url, info.spectator_token, on_video_frame=broken) as sp:
+        for _ in range(4):
+            assert calls.acquire(timeout=10)
+        stats = sp.stats
+        assert sp.is_connected
+    assert stats.callback_errors >= 3
