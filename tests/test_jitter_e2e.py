@@ -66,7 +66,7 @@ def check_delivery(got: Received, codec: str) -> None:
     # Decoded pictures: in order, never twice, every one whole; the last one arrived.
     assert got.frames == sorted(set(got.frames))
     assert got.broken == 0
-    assert got.frames[-1] == FRAMES - 1
+    assert got.frames[-1] >= FRAMES - 1  # (the sender goes on past FRAMES)
     # A few stamps may be unreadable (a VP8 encoder artefact, seen with either
     # buffer); most must be read.
     assert len(got.frames) >= FRAMES // 2
