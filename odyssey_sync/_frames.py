@@ -549,7 +549,10 @@ class FrameRing:
             raise ValueError(f"slots must be >= 2, not {slots}")
         self._fmt = _check_format(pixel_format)
         self._nslots = slots
-        self._cond = threading.Condition(threading.Lock())
+        # Re-entrant: a lease collected by the cyclic GC runs VideoFrame.__del__ ->
+        # _release() on whatever thread triggered the collection, possibly one that
+        # already holds this lock (any allocation inside a critical section).
+        self._cond = threading.Condition(threading.RLock())
         self._slots: list[_Slot] = []
         self._shape: tuple[int, int, int] | None = None
         self._latest: _Slot | None = None
