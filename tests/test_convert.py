@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from fractions import Fraction
@@ -371,3 +374,28 @@ def test_native_rejects_short_planes() -> None:
     assert _frames._NATIVE_CONVERTER is not None
     with pytest.raises(ValueError, match="luma plane"):
         _frames._NATIVE_CONVERTER.convert(y, 8, u, u, 4, False, 8, 6, out, "rgb24", 0, False)
+
+
+def test_env_switch_zero_forces_numpy_with_one_warning() -> None:
+    # Fresh interpreter: the switch is read when odyssey_sync._frames is imported.
+    code = (
+        "import warnings, av, numpy as np\n"
+        "from odyssey_sync._frames import convert_frame, native_available, FrameRing\n"
+        "assert not native_available()\n"
+        "f = av.VideoFrame(16, 8, 'yuv420p')\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    a = convert_frame(f); convert_frame(f)\n"
+        "    r = FrameRing(); r.write(f)\n"
+        "    n = [x for x in w if 'NumPy converter' in str(x.message)]\n"
+        "assert len(n) == 1, [str(x.message) for x in w]\n"
+        "assert r.converter_name == 'numpy'\n"
+        "np.testing.assert_array_equal(a, f.to_ndarray(format='rgb24'))\n"
+        "print('ok')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, ODYSSEY_SYNC_NATIVE="0", PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
