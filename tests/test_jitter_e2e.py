@@ -50,8 +50,11 @@ def stream(codec: str, low_latency: bool, drop_every: int = 0, reorder_every: in
     return got
 
 
-def check_delivery(got: Received, codec: str) -> None:
-    """In order, never twice, never incomplete, and the stream reached its end."""
+def check_delivery(got: Received, codec: str) -> list[int]:
+    """In order, never twice, never incomplete, and the stream reached its end.
+
+    Returns the positions (in sending order) of the frames the decoder got.
+    """
     sent = got.sent_frames(codec)
     position = {data: i for i, data in enumerate(sent)}
     assert len(position) == len(sent), "two sent frames with identical bytes"
@@ -70,6 +73,7 @@ def check_delivery(got: Received, codec: str) -> None:
     # A few stamps may be unreadable (a VP8 encoder artefact, seen with either
     # buffer); most must be read.
     assert len(got.frames) >= FRAMES // 2
+    return indexes
 
 
 @pytest.fixture
@@ -103,7 +107,9 @@ def test_clean_link_frames_released_at_marker(
 def test_loss_and_reorder_recovered(codec: str, no_decode_errors: pytest.LogCaptureFixture) -> None:
     got = stream(codec, low_latency=True, drop_every=9, reorder_every=5)
     assert got.dropped_by_seam > 0 and got.swapped_by_seam > 0
-    check_delivery(got, codec)
+    indexes = check_delivery(got, codec)
+    # On loopback NACK brings every lost packet back: no frame is skipped.
+    assert indexes == list(range(len(indexes)))
     assert_no_decode_errors(no_decode_errors)
     stats = got.stats
     assert stats is not None
