@@ -253,22 +253,28 @@ class NativeTier(ConverterContract):
             lib.oys_set_level(previous)
 
 
-if native_available():
-    class TestNativeAVX512(NativeTier):
-        converter = _frames._NATIVE_CONVERTER  # type: ignore[assignment]
-        level = 3
+# Without the extension these classes are skipped (needs_native on NativeTier).
+_NATIVE_CONV: _frames._Converter = _frames._NATIVE_CONVERTER or _frames._NUMPY_CONVERTER
 
-    class TestNativeAVX2(NativeTier):
-        converter = _frames._NATIVE_CONVERTER  # type: ignore[assignment]
-        level = 2
 
-    class TestNativeSSE2(NativeTier):
-        converter = _frames._NATIVE_CONVERTER  # type: ignore[assignment]
-        level = 1
+class TestNativeAVX512(NativeTier):
+    converter = _NATIVE_CONV
+    level = 3
 
-    class TestNativeScalar(NativeTier):
-        converter = _frames._NATIVE_CONVERTER  # type: ignore[assignment]
-        level = 0
+
+class TestNativeAVX2(NativeTier):
+    converter = _NATIVE_CONV
+    level = 2
+
+
+class TestNativeSSE2(NativeTier):
+    converter = _NATIVE_CONV
+    level = 1
+
+
+class TestNativeScalar(NativeTier):
+    converter = _NATIVE_CONV
+    level = 0
 
 
 @needs_native
