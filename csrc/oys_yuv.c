@@ -17,11 +17,17 @@
 
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+/* OYS_NO_SIMD builds the portable code only (what non-x86 / MSVC builds get). */
+#if !defined(OYS_NO_SIMD) && (defined(__x86_64__) || defined(__i386__)) && \
+    (defined(__GNUC__) || defined(__clang__))
 #define OYS_X86 1
 #include <immintrin.h>
 #else
 #define OYS_X86 0
+#endif
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#define restrict __restrict
 #endif
 
 typedef struct {
@@ -447,7 +453,11 @@ int oys_cpu_level(void)
         build_masks_512_rgba();
 #endif
         const int level = detect_level();
+#if defined(__GNUC__) || defined(__clang__)
         __atomic_store_n(&g_cpu_level, level, __ATOMIC_RELEASE);
+#else
+        g_cpu_level = level;
+#endif
     }
     return g_cpu_level;
 }
