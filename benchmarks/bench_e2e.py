@@ -264,6 +264,17 @@ async def _baseline(url: str, seconds: float, work_s: float, run: Run) -> Run:
         await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
         await ws.send_json({"type": "answer", "sdp": pc.localDescription.sdp})
+        async def read_signaling() -> None:
+            # Reading is what answers the server's pings (aiohttp autoping).
+            async for _msg in ws:
+                pass
+
+        async def keepalive() -> None:
+            while True:
+                await asyncio.sleep(10)
+                await ws.send_json({"type": "keepalive"})
+
+        side_tasks = [asyncio.ensure_future(read_signaling()), asyncio.ensure_future(keepalive())]
         await asyncio.wait_for(ready.wait(), 30)
         channels["clientToStreamer"].send(json.dumps(
             {"type": "interactive_stream_start", "prompt": "benchmark", "portrait": False,
@@ -279,6 +290,8 @@ async def _baseline(url: str, seconds: float, work_s: float, run: Run) -> Run:
         run.frames = window.frames
         channels["clientToStreamer"].send(json.dumps({"type": "interactive_stream_end"}))
         await ws.send_json({"type": "client_disconnecting"})
+        for side in side_tasks:
+            side.cancel()
     for task in tasks:
         task.cancel()
     await pc.close()
