@@ -137,7 +137,7 @@ def _vp8_first_packet(payload: bytes) -> int:
     # VP8 payload descriptor (RFC 7741 §4.2), first octet: X R N S R PID(3).
     # S=1 with partition index 0 marks the first packet of a frame and nothing else.
     if not payload:
-        return _NOT_START
+        return _UNKNOWN  # padding: says nothing about the frame
     b = payload[0]
     return _START if (b & 0x10) and (b & 0x07) == 0 else _NOT_START
 
@@ -326,6 +326,9 @@ class LowLatencyJitterBuffer(JitterBuffer):
         JitterBuffer.remove(self, count)  # the stock removal: no boundary reset
         self._next_start = self._origin
         self._marker_ts = first.timestamp if on_marker else None
+        if not any(p.payload for p in taken):
+            # Padding only (bandwidth probes): nothing to decode, nothing lost.
+            return None
         if verdict == _NOT_START:
             # The frame's beginning was lost for good (reset, overflow, stream
             # joined mid-frame): decoding it would corrupt the picture.
@@ -343,7 +346,11 @@ class LowLatencyJitterBuffer(JitterBuffer):
         return frame, first.payload_type
 
     def _discard_strays(self, timestamp: int) -> None:
-        """Drop packets at the origin that belong to a frame already released."""
+        """Drop packets at the origin that belong to a frame already released.
+
+        What follows them is still contiguous with the released frame, so the
+        next packet is a frame boundary.
+        """
         origin = self._origin
         assert origin is not None
         n = 0
@@ -352,21 +359,30 @@ class LowLatencyJitterBuffer(JitterBuffer):
             if packet is None or packet.timestamp != timestamp:
                 break
             n += 1
+        padding = not any(
+            self._packets[(origin + i) % self._capacity].payload  # type: ignore[union-attr]
+            for i in range(n)
+        )
         JitterBuffer.remove(self, n)
+        self._next_start = self._origin
+        if padding:
+            # Payload-less packets (padding a sender adds to probe bandwidth)
+            # carry the last frame's timestamp: harmless, and more may follow.
+            return
         self._stray += n
         # The sender's marker bit cannot be trusted: back to the stock rule.
         self._early = False
         # The released frame lacked these packets; a keyframe repairs the picture.
         self._pli_pending = True
         self._marker_ts = None
-        # Still contiguous after the released frame: a frame boundary if present.
-        self._next_start = self._origin
 
     def _first_packet(self, packet: RtpPacket, origin: int | None) -> int:
         """Is ``packet`` (at the origin) the first packet of its frame?"""
         codec = self._codec_name(packet.payload_type)
         if codec == _VP8:
             return _vp8_first_packet(packet.payload)
+        if not packet.payload:
+            return _UNKNOWN  # padding: says nothing about the frame
         if codec == _H264:
             if not _h264_may_start(packet.payload):
                 return _NOT_START

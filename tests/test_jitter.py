@@ -56,7 +56,7 @@ def _packet(
         payload=payload,
     )
     # What RTCRtpReceiver does before handing the packet to the buffer.
-    packet._data = depayload(codec, payload)  # type: ignore[attr-defined]
+    packet._data = depayload(codec, payload) if payload else b""  # type: ignore[attr-defined]
     return packet
 
 
@@ -483,3 +483,36 @@ def test_packets_after_marker_with_same_timestamp_disable_early_release() -> Non
     assert timestamps == [frames[0].timestamp, frames[1].timestamp] + [
         f.timestamp for f in later[:-1]
     ]
+
+
+def _padding(seq: int, ts: int) -> RtpPacket:
+    return _packet(VP8, seq, ts, b"", False)
+
+
+def test_padding_after_marker_is_skipped_quietly() -> None:
+    frames = make_stream(VP8, [2, 2, 2, 2])
+    # Two padding packets after frame 1, with frame 1's timestamp; the frames
+    # after them are shifted in sequence numbers accordingly.
+    seq = frames[1].packets[-1].sequence_number
+    pads = [_padding(seq + 1, frames[1].timestamp), _padding(seq + 2, frames[1].timestamp)]
+    later = make_stream(VP8, [2, 2], seq0=seq + 3, ts0=frames[1].timestamp + TS_STEP)
+    packets = [*packets_of(frames[:2]), *pads, *packets_of(later)]
+    _, ours, buffer = both(packets)
+    assert ours.frames == expected(frames[:2]) + expected(later)
+    assert ours.pli == []
+    assert buffer.stats.early_release is True and buffer.stats.stray_packets == 0
+    assert buffer.stats.frames_on_marker == 4
+
+
+def test_padding_with_its_own_timestamp_is_skipped_quietly() -> None:
+    frames = make_stream(VP8, [2, 2])
+    seq = frames[1].packets[-1].sequence_number
+    pad = _padding(seq + 1, frames[1].timestamp + 1)
+    later = make_stream(VP8, [2, 2], seq0=seq + 2, ts0=frames[1].timestamp + TS_STEP)
+    packets = [*packets_of(frames), pad, *packets_of(later)]
+    _, ours, buffer = both(packets)
+    assert ours.frames == expected(frames) + expected(later)
+    assert ours.pli == []
+    assert buffer.stats.frames_dropped_incomplete == 0
+    # The frame after the padding is still released at its marker.
+    assert ours.at(later[0].timestamp) == packets.index(later[0].packets[-1])
