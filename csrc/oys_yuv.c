@@ -140,7 +140,6 @@ static void row_sse2(const uint8_t *yrow, const uint8_t *u, const uint8_t *v, in
     const __m128i zero = _mm_setzero_si128();
     const int bpp = out_format == OYS_RGBA ? 4 : 3;
     const int ri = out_format == OYS_BGR24 ? 2 : 0, bi = 2 - ri;
-    uint8_t tmp[4][16];
     (void)bi;
     for (int x = 0; x + 16 <= width; x += 16) {
         __m128i uu, vv;
@@ -178,18 +177,32 @@ static void row_sse2(const uint8_t *yrow, const uint8_t *u, const uint8_t *v, in
             _mm_storeu_si128((__m128i *)(p + 32), _mm_unpacklo_epi16(rg1, ba1));
             _mm_storeu_si128((__m128i *)(p + 48), _mm_unpackhi_epi16(rg1, ba1));
         } else {
-            /* Build 0x00BBGGRR words with unpacks, then copy 3 bytes of each
-             * (SSE2 has no byte shuffle to compact them in registers). */
+            /* Build 0x00BBGGRR words with unpacks, then squeeze each group of
+             * four into 12 bytes with 64-bit shifts (SSE2 has no byte shuffle):
+             * qword = w0 | w1 << 24, then the upper qword moves down 2 bytes. */
             const __m128i z = _mm_setzero_si128();
             const __m128i rr = ri ? b : r, bb = ri ? r : b;
             const __m128i rg0 = _mm_unpacklo_epi8(rr, g), rg1 = _mm_unpackhi_epi8(rr, g);
             const __m128i b0 = _mm_unpacklo_epi8(bb, z), b1 = _mm_unpackhi_epi8(bb, z);
-            _mm_storeu_si128((__m128i *)tmp[0], _mm_unpacklo_epi16(rg0, b0));
-            _mm_storeu_si128((__m128i *)tmp[1], _mm_unpackhi_epi16(rg0, b0));
-            _mm_storeu_si128((__m128i *)tmp[2], _mm_unpacklo_epi16(rg1, b1));
-            _mm_storeu_si128((__m128i *)tmp[3], _mm_unpackhi_epi16(rg1, b1));
-            const uint8_t *w = &tmp[0][0];
-            for (int i = 0; i < 16; i++) memcpy(p + 3 * i, w + 4 * i, 3);
+            const __m128i w[4] = {_mm_unpacklo_epi16(rg0, b0), _mm_unpackhi_epi16(rg0, b0),
+                                  _mm_unpacklo_epi16(rg1, b1), _mm_unpackhi_epi16(rg1, b1)};
+            const __m128i lo32 = _mm_set_epi32(0, -1, 0, -1);
+            const __m128i lo64 = _mm_set_epi32(0, 0, -1, -1);
+            for (int i = 0; i < 4; i++) {
+                const __m128i q = _mm_or_si128(_mm_and_si128(w[i], lo32),
+                                               _mm_srli_epi64(_mm_andnot_si128(lo32, w[i]), 8));
+                const __m128i packed = _mm_or_si128(_mm_and_si128(q, lo64),
+                                                    _mm_srli_si128(_mm_andnot_si128(lo64, q), 2));
+                if (i < 3) {
+                    /* 16-byte store; its 4 surplus bytes are overwritten next. */
+                    _mm_storeu_si128((__m128i *)(p + 12 * i), packed);
+                } else {
+                    /* Last group: exactly 12 bytes, never past the block. */
+                    _mm_storel_epi64((__m128i *)(p + 36), packed);
+                    const int32_t tail = _mm_cvtsi128_si32(_mm_srli_si128(packed, 8));
+                    memcpy(p + 44, &tail, 4);
+                }
+            }
         }
     }
 }
