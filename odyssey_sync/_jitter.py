@@ -6,8 +6,9 @@ The problem
 aiortc's video :class:`~aiortc.jitterbuffer.JitterBuffer` hands a frame to the
 decoder only when a packet of the *next* frame (a new RTP timestamp) arrives;
 it ignores the RTP marker bit that tells it "this was the last packet of the
-frame". At 30 fps every frame therefore waits one frame interval (≈ 33 ms) in
-the buffer — most of the receive-side latency on a local link.
+frame". Every frame therefore waits for the next one: one frame interval
+(≈ 33 ms at 30 fps) plus the time the sender takes to encode and packetise
+that next frame — most of the receive-side latency on a local link.
 
 What this module does
 ---------------------
@@ -34,7 +35,7 @@ applies: the next frame's first packet closes the frame. A frame whose first
 packet is provably *not* a frame start (a VP8 continuation packet, an H.264
 FU-A middle fragment — what the stock buffer passes on after a reset) is
 dropped and a keyframe is requested instead of feeding the decoder a broken
-frame.
+frame. Payload-less packets (padding) are skipped without a keyframe request.
 
 The seam
 --------
