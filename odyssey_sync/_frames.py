@@ -491,7 +491,8 @@ class RingStats:
     Attributes:
         written: frames converted and published.
         dropped: frames dropped because every slot was held by consumers.
-        held: slots currently held by at least one lease.
+        held: slots currently held by at least one lease (including slots of a
+            previous resolution that a consumer still holds).
         convert_us_p50, convert_us_p99: conversion time percentiles (µs) over the
             last 512 writes; 0.0 before the first write.
     """
@@ -559,6 +560,7 @@ class FrameRing:
         self._seq = 0
         self._written = 0
         self._dropped = 0
+        self._held = 0  # slots (of any resolution generation) with refs > 0
         self._closed = False
         self._times_ns = np.zeros(_TIMING_WINDOW, np.int64)
         self._times_count = 0
@@ -598,8 +600,7 @@ class FrameRing:
         with self._cond:
             n = min(self._times_count, _TIMING_WINDOW)
             window = self._times_ns[:n].copy()
-            held = sum(1 for s in self._slots if s.refs > 0)
-            written, dropped = self._written, self._dropped
+            held, written, dropped = self._held, self._written, self._dropped
         if n:
             p50, p99 = np.percentile(window, (50, 99)) / 1000.0
         else:
@@ -630,6 +631,8 @@ class FrameRing:
 
         Raises:
             TypeError: ``frame`` is not an ``av.VideoFrame``.
+            av.error.FFmpegError: PyAV failed to convert a frame in a pixel format
+                the native converter does not handle (the frame is not published).
         """
         frame = _check_av_frame(frame)
         if timestamp_ms is None:
@@ -670,7 +673,7 @@ class FrameRing:
                 return None
             self._seq += 1
             slot.seq = self._seq
-            slot.timestamp_ms = timestamp_ms
+            slot.timestamp_ms = int(timestamp_ms)
             slot.received_at = time.monotonic()
             self._latest = slot
             self._written += 1
@@ -699,6 +702,8 @@ class FrameRing:
             if slot is None or self._closed:
                 return None
             slot.refs += 1
+            if slot.refs == 1:
+                self._held += 1
         return VideoFrame._lease(self, slot)
 
     def wait_newer(self, after_seq: int, timeout: float | None = None) -> VideoFrame | None:
@@ -732,6 +737,8 @@ class FrameRing:
             if self._closed or slot is None or self._seq <= after_seq:
                 return None
             slot.refs += 1
+            if slot.refs == 1:
+                self._held += 1
         return VideoFrame._lease(self, slot)
 
     def _release(self, frame: VideoFrame, slot: _Slot) -> None:
@@ -741,6 +748,8 @@ class FrameRing:
             frame._released = True
             frame._data = None
             slot.refs -= 1
+            if slot.refs == 0:
+                self._held -= 1
 
     def close(self) -> None:
         """Stop the ring: wake every waiter; later writes drop, later reads return None.

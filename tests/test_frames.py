@@ -253,6 +253,7 @@ def test_resolution_change_reallocates_and_keeps_old_leases(
     for _ in range(5):  # all new-size slots free: old lease does not block writes
         assert ring.write(small) is not None
     np.testing.assert_array_equal(old.data, old_pixels)
+    assert ring.stats.held == 1  # the old-resolution slot still counts
     old.release()
     assert ring.stats.held == 0
 
