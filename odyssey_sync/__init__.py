@@ -8,6 +8,7 @@ frames can also be pulled (:meth:`Odyssey.get_latest_frame`,
 
 from __future__ import annotations
 
+from ._version import __version__  # first: submodules import it during package init
 from ._frames import FrameRing, VideoFrame, convert_frame, native_available
 from .client import ClientStats, Odyssey
 from .config import ClientConfig
@@ -44,7 +45,6 @@ from .types import (
     StreamRecordingsList,
 )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AccountSuspendedError",

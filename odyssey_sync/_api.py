@@ -45,7 +45,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from . import __version__
+from ._version import __version__
 from ._deadline import Deadline
 from .errors import (
     OdysseyAuthError,
