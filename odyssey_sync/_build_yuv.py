@@ -41,11 +41,10 @@ ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "odyssey_sync._yuv",
-    '#include "oys_yuv.h"',
+    # The prototypes are the cdef itself: csrc/oys_yuv.c is one self-contained
+    # file (no header to forget in a source distribution).
+    "#include <stddef.h>\n#include <stdint.h>\n" + CDEF,
     sources=[os.path.relpath(os.path.join(_CSRC, "oys_yuv.c"))],
-    include_dirs=[os.path.relpath(_CSRC)],
-    # Listed so sdists carry the header and edits to it trigger a rebuild.
-    depends=[os.path.relpath(os.path.join(_CSRC, "oys_yuv.h"))],
     extra_compile_args=_compile_args(),
 )
 
