@@ -8,8 +8,8 @@ frames can also be pulled (:meth:`Odyssey.get_latest_frame`,
 
 from __future__ import annotations
 
-from ._version import __version__  # first: submodules import it during package init
 from ._frames import FrameRing, VideoFrame, convert_frame, native_available
+from ._version import __version__
 from .client import ClientStats, Odyssey
 from .config import ClientConfig
 from .errors import (
@@ -44,7 +44,6 @@ from .types import (
     StreamRecordingInfo,
     StreamRecordingsList,
 )
-
 
 __all__ = [
     "AccountSuspendedError",

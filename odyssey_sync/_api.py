@@ -45,8 +45,8 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from ._version import __version__
 from ._deadline import Deadline
+from ._version import __version__
 from .errors import (
     OdysseyAuthError,
     OdysseyConnectionError,
