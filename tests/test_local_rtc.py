@@ -677,21 +677,51 @@ def test_rtp_fault_seam_patterns_are_deterministic(
     assert asyncio.run(main()) == expected
 
 
-def test_pin_bitrate_filters_remb_but_passes_pli() -> None:
-    from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket
+def test_route_feedback_drops_remb_and_turns_pli_into_keyframe_requests() -> None:
+    from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
-    from odyssey_sync.local._rt_rtp import pin_bitrate
+    from odyssey_sync.local._rt_rtp import route_feedback
+
+    requests: list[int] = []
 
     async def main() -> list[Any]:
         sender = _FakeSender()
-        pin_bitrate(sender)
-        remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"REMB")
-        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc)
-        await sender._handle_rtcp_packet(remb)
-        await sender._handle_rtcp_packet(pli)
+        route_feedback(sender, lambda: requests.append(1))
+        for fmt in (RTCP_PSFB_APP, RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            await sender._handle_rtcp_packet(
+                RtcpPsfbPacket(fmt=fmt, ssrc=1, media_ssrc=sender._ssrc, fci=b"")
+            )
         return sender.rtcp
 
-    assert [p.fmt for p in asyncio.run(main())] == [1]
+    assert [p.fmt for p in asyncio.run(main())] == [RTCP_PSFB_PLI, RTCP_PSFB_FIR]
+    assert len(requests) == 2
+
+
+def test_pli_from_the_peer_produces_a_key_frame() -> None:
+    async def scenario(server: RealtimeServer) -> None:
+        peer = await connected(server)
+        try:
+            await peer.send({"type": "interactive_stream_start", "prompt": "x"})
+            await peer.expect("stream_started")
+            await peer.wait_frames(5)
+            streamer = server.hub.streamer("sess-1")
+            assert streamer is not None
+            encoder = streamer.track.encoder
+            before = encoder.keyframes
+            assert peer.pc is not None
+            receiver = next(t.receiver for t in peer.pc.getTransceivers() if t.kind == "video")
+            media_ssrc = next(iter(receiver._RTCRtpReceiver__remote_streams))
+            await receiver._send_rtcp_pli(media_ssrc)  # what aiortc sends on decode errors
+            for _ in range(100):
+                if encoder.keyframes > before:
+                    break
+                await asyncio.sleep(0.02)
+            assert encoder.keyframes > before
+            await peer.wait_frames(5)
+        finally:
+            await peer.close()
+
+    run(scenario)
 
 
 def test_second_socket_supersedes_the_first_without_freeing() -> None:

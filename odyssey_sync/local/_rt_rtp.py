@@ -1,4 +1,4 @@
-"""Sender-side seams on aiortc's video RTP path: deterministic loss/reorder, pinned bitrate.
+"""Sender-side seams on aiortc's video RTP path: deterministic loss/reorder, RTCP feedback.
 
 Both seams replace one *instance* attribute of an aiortc object (nothing is
 patched at class or module level, so other peer connections in the process are
@@ -16,12 +16,11 @@ untouched):
   back for a swap is flushed after 100 ms if no successor arrives (e.g. when
   video stops), so nothing is lost by reordering alone.
 
-* :func:`pin_bitrate` filters REMB feedback out of a sender's RTCP input. aiortc
-  rebuilds its libx264 encoder whenever the REMB estimate moves by more than
-  10 % (a CPU spike and an IDR frame each time, several times per 10 s on
-  loopback); with REMB ignored the encoder keeps aiortc's default target
-  (VP8 500 kbit/s, H.264 1 Mbit/s). PLI/FIR/NACK still pass, so key-frame
-  requests and retransmissions work as before.
+* :func:`route_feedback` sits in front of a sender's RTCP input: PLI/FIR
+  become key-frame requests to the streamer's own encoder (``_rt_encode``),
+  REMB is dropped (the bitrate is fixed by that encoder; aiortc's encoders
+  would rebuild on every REMB change of more than 10 %), and everything else
+  (NACK, receiver reports) passes to aiortc unchanged.
 
 Both run on the peer connection's event loop only.
 """
@@ -36,7 +35,7 @@ from typing import Any
 
 from .faults import Faults
 
-__all__ = ["RtpFaultSeam", "pin_bitrate"]
+__all__ = ["RtpFaultSeam", "route_feedback"]
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +137,24 @@ class RtpFaultSeam:
         self._held = None
 
 
-def pin_bitrate(sender: Any) -> None:
-    """Make ``sender`` ignore REMB so its encoder keeps one bitrate (module docstring).
+def route_feedback(sender: Any, request_keyframe: Callable[[], None]) -> None:
+    """Route a sender's key-frame requests to our encoder; drop REMB (module docstring).
 
-    Loop thread, non-blocking; call right after the sender is created.
+    Loop thread, non-blocking; call right after the sender is created. PLI and
+    FIR call ``request_keyframe`` (aiortc's own key-frame flag only reaches its
+    built-in encoder, which a track of pre-encoded packets bypasses); NACK and
+    receiver reports go on to aiortc as before.
     """
-    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
+    from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
     original = sender._handle_rtcp_packet
 
     async def handle(packet: Any) -> None:
-        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-            return  # REMB: see module docstring
+        if isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt == RTCP_PSFB_APP:
+                return  # REMB: the bitrate is ours (see module docstring)
+            if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                request_keyframe()
         await original(packet)
 
     sender._handle_rtcp_packet = handle

@@ -1,8 +1,8 @@
 """Broadcast spectators over WHEP (PROTOCOL.md §8), served by the local server itself.
 
 The real service publishes to a MediaMTX server; here the streamer hands the
-broadcast stream's video (a :class:`aiortc.contrib.media.MediaRelay` proxy of
-its :class:`~odyssey_sync.local.streamer.WorldTrack`) straight to a
+broadcast stream's encoded video (a :class:`~odyssey_sync.local.streamer.SpectatorTrack`
+tee of its :class:`~odyssey_sync.local.streamer.WorldTrack`) straight to a
 :class:`BroadcastHub`, which answers WHEP on the same host and port:
 
 * ``webrtc_url`` = ``{base_url}/live/{stream_id}``;
@@ -31,13 +31,14 @@ import hmac
 import logging
 import secrets
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from ._rt_rtp import route_feedback
 from .context import ServerContext
+from .streamer import WorldTrack, codec_preferences
 
 __all__ = ["BroadcastHub"]
 
@@ -51,7 +52,7 @@ _ANSWER_TIMEOUT = 10.0
 @dataclass
 class _Broadcast:
     stream_id: str
-    subscribe: Callable[[], MediaStreamTrack]
+    source: WorldTrack
     viewers: dict[str, RTCPeerConnection] = field(default_factory=dict)
 
 
@@ -85,14 +86,13 @@ class BroadcastHub:
 
     # --- producer side (called by the streamer) ---------------------------
 
-    def publish(
-        self, stream_id: str, subscribe: Callable[[], MediaStreamTrack]
-    ) -> tuple[str, str]:
+    def publish(self, stream_id: str, source: WorldTrack) -> tuple[str, str]:
         """Open ``stream_id`` to spectators; returns ``(webrtc_url, spectator_token)``.
 
-        ``subscribe`` makes a new relay proxy of the stream's video per viewer.
+        Every viewer gets a tee of ``source``'s encoded packets, so viewers
+        negotiate the producer's codec and their PLI/FIR reach its encoder.
         """
-        self._streams[stream_id] = _Broadcast(stream_id, subscribe)
+        self._streams[stream_id] = _Broadcast(stream_id, source)
         return f"{self._ctx.base_url}/live/{stream_id}", self.mint_token(stream_id)
 
     async def unpublish(self, stream_id: str) -> None:
@@ -179,9 +179,14 @@ class BroadcastHub:
 
     async def _answer(self, pc: RTCPeerConnection, entry: _Broadcast, offer: str) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        track = entry.subscribe()
+        source = entry.source
+        track = source.tee()
         try:
-            pc.addTrack(track)  # binds to the offered video transceiver
+            sender = pc.addTrack(track)  # binds to the offered video transceiver
+            transceiver = next(t for t in pc.getTransceivers() if t.sender is sender)
+            # One encode serves every viewer: offer only the producer's codec.
+            transceiver.setCodecPreferences(codec_preferences(source.codec))
+            route_feedback(sender, source.request_keyframe)
         except Exception:
             track.stop()
             raise

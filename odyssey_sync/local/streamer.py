@@ -9,10 +9,12 @@ all in the SDP and nothing is trickled.
 
 Video comes from a :class:`WorldTrack` that renders at ``ServerConfig.fps``:
 a dark stamped idle picture between streams, the stream's world while a stream
-runs (frame numbers restart at 0 with every stream). All consumers — the
-client's sender and any WHEP spectators — read it through one
-:class:`aiortc.contrib.media.MediaRelay`, so spectators see exactly the frames
-the client sees.
+runs (frame numbers restart at 0 with every stream). The client's sender
+*pulls* it directly: a frame is rendered only when the encoder asks for the
+next one, so an overloaded machine lowers the frame rate but never skips a
+frame number (a push relay would overwrite frames the encoder had no time
+for). WHEP spectators get a :class:`SpectatorTrack` tee of the same frames,
+latest-wins per viewer, so a slow viewer never slows the client.
 
 The application protocol (``interactive_stream_start`` / ``update`` /
 ``interactive_stream_end`` and the replies) is served by :class:`StreamerSession`.
@@ -28,6 +30,7 @@ render does not stall ICE/DTLS/SCTP.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -48,36 +51,40 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from . import _rt_world
-from ._rt_rtp import RtpFaultSeam, pin_bitrate
+from ._rt_encode import VideoEncoder
+from ._rt_rtp import RtpFaultSeam, route_feedback
 from .context import ServerContext
 
 __all__ = [
     "BroadcastPublisher",
+    "SpectatorTrack",
     "StreamerSession",
     "WorldTrack",
     "codec_preferences",
+    "negotiated_video_codec",
 ]
 
 log = logging.getLogger(__name__)
 
 #: 90 kHz RTP video clock: pts are stamped in it so encoders need no rescaling.
 VIDEO_TIME_BASE = Fraction(1, 90000)
-#: frames rendered in an executor above this many pixels (measured: a 320×176
-#: render costs ≈ 0.3 ms, a 1280×704 one several ms — too long for the loop).
+#: frames rendered and encoded in an executor above this many pixels (measured:
+#: ≈ 1 ms for both at 320×176, ≈ 5–8 ms at 1280×704 — too long for the loop).
 _EXECUTOR_PIXELS = 320 * 240
 #: frames a broadcast stream renders before ``broadcast_ready`` (the spectator
-#: relay then has a picture to hand out immediately).
+#: tee then has a picture to hand out immediately).
 BROADCAST_READY_FRAMES = 3
 #: how long a reply may wait for ``streamerToClient`` to open (start over the
 #: WebSocket can arrive before the data channel is up).
 _CHANNEL_OPEN_TIMEOUT = 30.0
 #: inbound application messages queued per connection before new ones are dropped
 _INBOX_LIMIT = 256
+#: packets a slow spectator may lag behind before it is resynchronised on a key frame
+_SPECTATOR_BACKLOG = 30
 _STOP_VIDEO_POLL = 0.05  # fault flags have no change event; poll them while set
 #: earliest reply to a start that came over the WebSocket, seconds after receipt.
 #: The official Python client arms its reply slot only after its WebSocket send
@@ -109,12 +116,31 @@ def codec_preferences(choice: str) -> list[RTCRtpCodecCapability]:
     return chosen + rtx
 
 
+def negotiated_video_codec(sdp: str) -> str | None:
+    """"vp8" / "h264" — the first video codec of an SDP (what aiortc's sender uses).
+
+    Non-blocking. None when the SDP has no video section or neither codec.
+    """
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception:
+        return None
+    for media in description.media:
+        if media.kind != "video":
+            continue
+        for codec in media.rtp.codecs:
+            name = codec.mimeType.lower()
+            if name == "video/vp8":
+                return "vp8"
+            if name == "video/h264":
+                return "h264"
+    return None
+
+
 class BroadcastPublisher(Protocol):
     """What the streamer needs from the broadcast (WHEP) side; see broadcast.py."""
 
-    def publish(
-        self, stream_id: str, subscribe: Callable[[], MediaStreamTrack]
-    ) -> tuple[str, str]:
+    def publish(self, stream_id: str, source: WorldTrack) -> tuple[str, str]:
         """Open stream ``stream_id`` to spectators; returns ``(webrtc_url, spectator_token)``."""
 
     async def unpublish(self, stream_id: str) -> None:
@@ -141,21 +167,85 @@ class LiveStream:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class SpectatorTrack(MediaStreamTrack):
+    """A viewer's copy of a :class:`WorldTrack`'s encoded packets.
+
+    Fed by the world track on the loop with the very packets the client gets
+    (one encode for everyone, as a broadcast server forwards one stream).
+    Up to ``_SPECTATOR_BACKLOG`` packets wait for a slow viewer; beyond that
+    the backlog is dropped, a key frame is requested and the viewer resumes
+    from it (inter frames without their references would only decode to
+    garbage). ``recv()`` raises ``MediaStreamError`` once either track stops.
+    """
+
+    kind = "video"
+
+    def __init__(self, source: WorldTrack) -> None:
+        super().__init__()
+        self._source: WorldTrack | None = source
+        self._backlog: collections.deque[av.Packet[Any]] = collections.deque()
+        self._wait_keyframe = True
+        self._ended = False
+        self._fresh = asyncio.Event()
+        self.skipped = 0
+
+    def push(self, packet: av.Packet[Any] | None) -> None:
+        """Hand over the next packet (None: the source ended). Loop thread."""
+        if packet is None:
+            self._ended = True
+            self._source = None
+        elif self._wait_keyframe and not packet.is_keyframe:
+            self.skipped += 1
+            return
+        elif len(self._backlog) >= _SPECTATOR_BACKLOG:
+            self.skipped += len(self._backlog) + 1
+            self._backlog.clear()
+            self._wait_keyframe = True
+            if self._source is not None:
+                self._source.request_keyframe()
+            return
+        else:
+            self._wait_keyframe = False
+            self._backlog.append(packet)
+        self._fresh.set()
+
+    async def recv(self) -> av.Packet[Any]:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self._backlog:
+                return self._backlog.popleft()
+            if self._ended:
+                self.stop()
+                raise MediaStreamError
+            self._fresh.clear()
+            await self._fresh.wait()
+
+    def stop(self) -> None:
+        super().stop()
+        if self._source is not None:
+            self._source.untee(self)
+            self._source = None
+        self._fresh.set()  # wake a pending recv() so it can raise
+
+
 class WorldTrack(MediaStreamTrack):
     """Server video track: paced at ``fps``, idle picture between streams.
 
-    ``recv()`` runs on the loop (called by the MediaRelay's reader task). It
-    sleeps until the next frame slot, renders the current stream's next frame
-    (in the default executor for large frames), stamps it with the hand-off
-    time and returns it with a 90 kHz pts. If the loop falls behind by more
-    than a frame it resynchronises instead of bursting frames. While
+    ``recv()`` runs on the loop (called by the client's RTP sender). It
+    sleeps until the next frame slot, renders the current stream's next frame,
+    stamps it with the hand-off time, encodes it with the track's own
+    :class:`~odyssey_sync.local._rt_encode.VideoEncoder` (both in the default
+    executor for large frames) and returns the ``av.Packet`` with a 90 kHz
+    pts; aiortc only packetizes it. If the sender falls behind by more than a
+    frame the track resynchronises instead of bursting frames. While
     ``Faults.stop_video`` is set it emits nothing (the connection stays up).
     ``stop()`` makes a pending ``recv()`` raise ``MediaStreamError`` at once.
     """
 
     kind = "video"
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, codec: str = "vp8") -> None:
         super().__init__()
         self._ctx = ctx
         self._interval = 1.0 / float(ctx.config.fps)
@@ -164,13 +254,49 @@ class WorldTrack(MediaStreamTrack):
         self._last_pts = -1
         self._idle_frames = 0
         self._stopped = asyncio.Event()
+        self._encoder = VideoEncoder(codec, float(ctx.config.fps))
         #: the stream being rendered, or None for the idle picture
         self.stream: LiveStream | None = None
         self.frames_sent = 0
+        self._spectators: set[SpectatorTrack] = set()
+
+    @property
+    def codec(self) -> str:
+        """The codec packets are encoded with ("vp8" or "h264")."""
+        return self._encoder.codec_name
+
+    @property
+    def encoder(self) -> VideoEncoder:
+        return self._encoder
+
+    def set_codec(self, codec: str) -> None:
+        """Switch the encoder (after negotiation, before the first frame). Loop thread."""
+        if codec != self._encoder.codec_name:
+            self._encoder = VideoEncoder(codec, float(self._ctx.config.fps))
+
+    def request_keyframe(self) -> None:
+        """Next packet is a key frame (PLI/FIR from any receiver, new viewer). Any thread."""
+        self._encoder.request_keyframe()
+
+    def tee(self) -> SpectatorTrack:
+        """A new spectator copy of this track's packets (starts at a key frame). Loop thread."""
+        spectator = SpectatorTrack(self)
+        if self.readyState != "live":
+            spectator.push(None)
+        else:
+            self._spectators.add(spectator)
+            self.request_keyframe()
+        return spectator
+
+    def untee(self, spectator: SpectatorTrack) -> None:
+        self._spectators.discard(spectator)
 
     def stop(self) -> None:
         super().stop()
         self._stopped.set()
+        spectators, self._spectators = self._spectators, set()
+        for spectator in spectators:
+            spectator.push(None)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds`` unless the track stops first (then MediaStreamError)."""
@@ -180,7 +306,13 @@ class WorldTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
 
-    async def recv(self) -> av.VideoFrame:
+    async def recv(self) -> av.Packet[Any]:
+        while True:
+            packet = await self._next_packet()
+            if packet is not None:
+                return packet
+
+    async def _next_packet(self) -> av.Packet[Any] | None:
         if self.readyState != "live":
             raise MediaStreamError
         while self._ctx.faults.stop_video:
@@ -192,6 +324,7 @@ class WorldTrack(MediaStreamTrack):
         self._next_at += self._interval
 
         stream = self.stream
+        prompts: list[str] = []
         if stream is not None:
             number = stream.frames
             prompts, stream.pending = stream.pending, []
@@ -214,26 +347,42 @@ class WorldTrack(MediaStreamTrack):
             def render() -> av.VideoFrame:
                 return _rt_world.idle_frame(width, height, number, time.monotonic())
 
-        if width * height > _EXECUTOR_PIXELS or (stream is not None and prompts):
-            frame = await asyncio.get_running_loop().run_in_executor(None, render)
-        else:
+        encoder = self._encoder
+        origin = self._origin
+        last_pts = self._last_pts
+
+        def produce() -> tuple[av.Packet[Any] | None, int, float]:
             frame = render()
-        if stream is not None and stream.on_interacted is not None:
-            for prompt in prompts:
-                stream.on_interacted(stream, number, prompt)
-        sent = time.monotonic()
-        if self._origin is None:
-            self._origin = sent
-        pts = max(self._last_pts + 1, round((sent - self._origin) * 90000))
+            # The stamp's send time was taken inside render(), right before this
+            # encode: the closest point to "handed to the encoder" there is.
+            sent = time.monotonic()
+            start = origin if origin is not None else sent
+            pts = max(last_pts + 1, round((sent - start) * 90000))
+            frame.pts = pts
+            frame.time_base = VIDEO_TIME_BASE
+            return encoder.encode(frame), pts, start
+
+        if width * height > _EXECUTOR_PIXELS or prompts:
+            loop = asyncio.get_running_loop()
+            packet, pts, start = await loop.run_in_executor(None, produce)
+        else:
+            packet, pts, start = produce()
+        self._origin = start
         self._last_pts = pts
-        frame.pts = pts
-        frame.time_base = VIDEO_TIME_BASE
-        self.frames_sent += 1
-        if stream is not None and stream.frames >= BROADCAST_READY_FRAMES:
-            stream.ready.set()
+        if stream is not None:
+            if stream.on_interacted is not None:
+                for prompt in prompts:
+                    stream.on_interacted(stream, number, prompt)
+            if stream.frames >= BROADCAST_READY_FRAMES:
+                stream.ready.set()
         if self.readyState != "live":
             raise MediaStreamError
-        return frame
+        if packet is None:
+            return None
+        self.frames_sent += 1
+        for spectator in list(self._spectators):
+            spectator.push(packet)
+        return packet
 
 
 class _Reject(Exception):
@@ -264,8 +413,7 @@ class StreamerSession:
         self.session_id = session_id
         self._broadcasts = broadcasts
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._track = WorldTrack(ctx)
-        self._relay = MediaRelay()
+        self._track = WorldTrack(ctx, "h264" if ctx.config.codec == "h264" else "vp8")
         self._seam: RtpFaultSeam | None = None
         self._c2s: RTCDataChannel | None = None
         self._s2c: RTCDataChannel | None = None
@@ -288,6 +436,11 @@ class StreamerSession:
         return self._pc
 
     @property
+    def track(self) -> WorldTrack:
+        """The server video track (its encoder, frame counters; for tests)."""
+        return self._track
+
+    @property
     def rtp_seam(self) -> RtpFaultSeam | None:
         """The loss/reorder seam on the video sender (None until the answer is applied)."""
         return self._seam
@@ -302,10 +455,10 @@ class StreamerSession:
         """Build the peer connection and return the offer SDP (candidates included)."""
         pc = self._pc
         transceiver = pc.addTransceiver(
-            self._relay.subscribe(self._track, buffered=False), direction="sendonly"
+            self._track, direction="sendonly"
         )
         transceiver.setCodecPreferences(codec_preferences(self._ctx.config.codec))
-        pin_bitrate(transceiver.sender)
+        route_feedback(transceiver.sender, self._track.request_keyframe)
         self._c2s = pc.createDataChannel("clientToStreamer", ordered=True)
         self._s2c = pc.createDataChannel("streamerToClient", ordered=True)
         self._c2s.on("message", self._on_channel_message)
@@ -323,6 +476,9 @@ class StreamerSession:
         except Exception as exc:  # aiortc raises ValueError/InvalidStateError/...
             raise ValueError(f"invalid answer: {exc}") from exc
         self._answered = True
+        codec = negotiated_video_codec(sdp)
+        if codec is not None:
+            self._track.set_codec(codec)
         sender = next(
             (t.sender for t in self._pc.getTransceivers() if t.kind == "video"), None
         )
@@ -561,11 +717,7 @@ class StreamerSession:
         await stream.ready.wait()
         if self._stream is not stream:
             return
-        track = self._track
-        relay = self._relay
-        url, token = self._broadcasts.publish(
-            stream.stream_id, lambda: relay.subscribe(track, buffered=False)
-        )
+        url, token = self._broadcasts.publish(stream.stream_id, self._track)
         # No HLS is served locally: broadcast_url is null (documented).
         await self._send({"type": "broadcast_ready", "broadcast_url": None,
                           "webrtc_url": url, "spectator_token": token})
