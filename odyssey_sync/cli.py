@@ -46,7 +46,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from . import __version__
+from ._version import __version__
 from .errors import OdysseyError, OdysseyUsageError
 
 if TYPE_CHECKING:
