@@ -341,6 +341,24 @@ def table(runs: list[Run], fps: float, args: argparse.Namespace) -> str:
     return head + "\n".join(rows) + "\n\n" + "\n".join(ratios) + "\n"
 
 
+BEGIN, END = "<!-- bench_e2e:begin -->", "<!-- bench_e2e:end -->"
+
+
+def write_markdown(path: Path, text: str, argv: list[str] | None) -> None:
+    """Replace the table between the bench_e2e markers (or append a section)."""
+    block = (
+        f"{BEGIN}\nCommand: `python benchmarks/bench_e2e.py {' '.join(argv or sys.argv[1:])}`"
+        f"\n\n{text}{END}"
+    )
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        new = head + block + rest.split(END, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n## End to end: `benchmarks/bench_e2e.py`\n\n" + block + "\n"
+    path.write_text(new)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -383,11 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.markdown is not None:
-        args.markdown.write_text(
-            "# Benchmarks\n\n## End to end: `benchmarks/bench_e2e.py`\n\n"
-            f"Command: `python benchmarks/bench_e2e.py {' '.join(argv or sys.argv[1:])}`\n\n"
-            + text
-        )
+        write_markdown(args.markdown, text, argv)
     return 0
 
 

@@ -15,6 +15,7 @@ import pytest
 from odyssey_sync.client import Odyssey
 from odyssey_sync.local import LocalOdyssey
 from odyssey_sync.local.stamp import decode_stamp
+from tests.test_client_e2e import assert_in_order
 
 pytestmark = pytest.mark.e2e
 
@@ -144,7 +145,7 @@ def test_slow_frame_callback_keeps_the_stream_flowing(server: LocalOdyssey) -> N
             if len(numbers) >= 2 * FPS:
                 break
         stats = client.stats
-        assert numbers == sorted(numbers)
+        assert_in_order(numbers, at_least=FPS)
         # ~2 s of video: the 200 ms callback saw only a handful, skipping the rest
         assert stats.received >= 2 * FPS - 2
         assert stats.delivered <= stats.received // 2
