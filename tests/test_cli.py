@@ -228,6 +228,7 @@ def test_interact_reads_prompts_from_stdin(server: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_simulate_wait_download_and_recordings(server: Any, tmp_path: Path) -> None:
     import av
 
