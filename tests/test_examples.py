@@ -25,7 +25,9 @@ def test_example_compiles(path: Path, tmp_path: Path) -> None:
     py_compile.compile(str(path), cfile=str(tmp_path / "x.pyc"), doraise=True)
 
 
-def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_example(
+    name: str, *args: str, cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     pytest.importorskip("odyssey_sync.local")
     pytest.importorskip("odyssey_sync.client")
     import odyssey_sync
@@ -34,6 +36,7 @@ def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
         pytest.skip("odyssey_sync does not export Odyssey yet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ODYSSEY_API")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra_env or {})
     return subprocess.run(
         [sys.executable, str(REPO / "examples" / name), *args],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=120, check=False,
@@ -71,3 +74,15 @@ def test_spectators_example_runs(tmp_path: Path) -> None:
     reports = [line for line in proc.stdout.splitlines() if line.startswith("viewer-")]
     assert len(reports) == 2
     assert all("in order: True" in line for line in reports)
+
+
+@pytest.mark.e2e
+def test_pygame_loop_runs_headless(tmp_path: Path) -> None:
+    pytest.importorskip("pygame")
+    proc = run_example("pygame_loop.py", "--seconds", "2", "--small", cwd=tmp_path,
+                       extra_env={"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.strip().splitlines()[-1]
+    fields = dict(item.split("=") for item in summary.replace("game loops", "loops")
+                  .replace("video frames drawn", "drawn").split())
+    assert int(fields["loops"]) > 0 and int(fields["drawn"]) > 1
