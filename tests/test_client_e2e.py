@@ -397,3 +397,28 @@ def test_credentials_status_starts_at_connecting(server: LocalOdyssey) -> None:
         with pytest.raises(TypeError):
             c.connect_with_credentials(creds, on_nothing=print)
     assert statuses[:2] == [ConnectionStatus.CONNECTING, ConnectionStatus.CONNECTED]
+
+
+@pytest.mark.parametrize("via_socket", [False, True], ids=["small-datachannel", "big-socket"])
+def test_start_routing_by_size(client: Odyssey, via_socket: bool) -> None:
+    """§6.3: a start bigger than the data channel's limit goes over the WebSocket."""
+    # The local server announces 256 KiB (more than a 10 000-character prompt
+    # can need), so the limit is lowered here as a server with 16 KiB would set it.
+    # JSON escapes each emoji as a 12-byte surrogate pair: 2 000 of them > 16 KiB.
+    prompt = "🙂" * 2_000 if via_socket else "short"
+    client.connect()
+    conn = client._conn
+    assert conn is not None and conn.signaling is not None and conn.peer is not None
+    assert conn.peer.max_message_size == 262144  # read from the offer's SDP
+    conn.peer.max_message_size = 16 * 1024
+    sent: list[str] = []
+    original = conn.signaling.send
+
+    def spy(message: dict[str, Any], timeout: float | None) -> None:
+        sent.append(message["type"])
+        original(message, timeout)
+
+    conn.signaling.send = spy  # type: ignore[method-assign]
+    assert client.start_stream(prompt)
+    assert (sent == ["interactive_stream_start"]) is via_socket
+    client.end_stream()
