@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -408,3 +409,26 @@ def test_reconnect_from_on_disconnected(client: Odyssey, server: LocalOdyssey) -
     assert client.is_connected
     assert client.start_stream("second life")
     client.end_stream()
+
+
+def test_peer_connection_failure_is_fatal(client: Odyssey) -> None:
+    """§15.12: the peer connection closing on its own → FAILED, on_error, on_disconnected."""
+    seen = Seen()
+    client.connect(**seen.callbacks())
+    client.start_stream("about to break")
+    conn = client._conn
+    assert conn is not None and conn.loop is not None and conn.peer is not None
+    pc = conn.peer._pc  # simulate ICE/DTLS death: close the transport under the peer
+
+    tasks: list[asyncio.Future[None]] = []
+
+    def kill() -> None:
+        tasks.append(asyncio.ensure_future(pc.close()))
+
+    conn.loop.call_soon(kill)
+    assert seen.disconnected.wait(10)
+    assert client.current_status is ConnectionStatus.FAILED
+    fatal = [e for e, f in seen.errors if f]
+    assert len(fatal) == 1 and isinstance(fatal[0], OdysseyConnectionError)
+    with pytest.raises(OdysseyStreamError, match="failed"):
+        client.interact("gone")
