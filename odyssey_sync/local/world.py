@@ -43,11 +43,12 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from .stamp import stamp_frame, stamp_region
+from .stamp import stamp_region, stamp_yuv420
 
 __all__ = ["World", "applied_prompt"]
 
 RGBArray = npt.NDArray[np.uint8]
+Plane = npt.NDArray[np.uint8]
 
 # Phrases appended by applied_prompt(): the real service expands prompts with a
 # language model; ours picks one stable decoration per prompt.
@@ -107,10 +108,29 @@ def _periodic(rng: np.random.Generator, x: npt.NDArray[np.float32], terms: int) 
     return acc / max(total, 1e-6)
 
 
+def _yuv420(rgb: RGBArray) -> tuple[Plane, Plane, Plane]:
+    """BT.601 limited-range yuv420p planes of an even-sized RGB picture (swscale).
+
+    Used once per scene on the precomputed pictures, so that frames can be
+    composed directly in the encoder's format.
+    """
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    planes = frame.reformat(format="yuv420p").to_ndarray()
+    h, w = rgb.shape[:2]
+    flat = planes.reshape(-1)
+    y = flat[: h * w].reshape(h, w).copy()
+    u = flat[h * w : h * w * 5 // 4].reshape(h // 2, w // 2).copy()
+    v = flat[h * w * 5 // 4 :].reshape(h // 2, w // 2).copy()
+    return y, u, v
+
+
 @dataclass
 class _Sprite:
-    rgb: RGBArray  # h×w×3
+    rgb: RGBArray  # h×w×3 (h, w even)
     mask: npt.NDArray[np.bool_]  # h×w×1
+    yuv: tuple[Plane, Plane, Plane]  # the same picture as yuv420p planes
+    mask_y: npt.NDArray[np.bool_]  # h×w
+    mask_uv: npt.NDArray[np.bool_]  # (h/2)×(w/2): chroma sites mostly covered
     x0: float  # position at frame 0 along the wrap-around track
     y0: float
     vx: float  # pixels per frame
@@ -122,10 +142,12 @@ class _Sprite:
 @dataclass
 class _Scene:
     tile: RGBArray  # H × (period + W) × 3: the background, repeated so any window is a slice
-    period: int
-    bands: list[tuple[int, int, float]]  # (row0, row1, pixels per frame)
+    tile_yuv: tuple[Plane, Plane, Plane]
+    period: int  # even
+    bands: list[tuple[int, int, float]]  # (row0, row1 — both even, pixels per frame)
     sprites: list[_Sprite]
     caption: RGBArray | None  # ch × W × 3, drawn at the bottom
+    caption_yuv: tuple[Plane, Plane, Plane] | None
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -267,7 +289,6 @@ class World:
         self._scenes: dict[int, _Scene] = {}
         self._buf: RGBArray = np.zeros((height, width, 3), dtype=np.uint8)
         self._caption_h = max(10, round(height * 0.07)) // 2 * 2
-        self._reformatter = av.video.reformatter.VideoReformatter()
         self._scene(0)
 
     def __repr__(self) -> str:
@@ -322,13 +343,17 @@ class World:
         frame = int(frame)
         scene = self._scene(bisect.bisect_right(self._frames, frame))
         out, width = self._buf, self.width
-        for row0, row1, speed in scene.bands:
-            # floor() keeps the motion continuous across interactions and identical
-            # for every renderer of the same frame number.
-            off = math.floor(frame * speed) % scene.period
+        for row0, row1, off in self._band_offsets(scene, frame):
             np.copyto(out[row0:row1], scene.tile[row0:row1, off : off + width])
         for sprite in scene.sprites:
-            self._blit(out, sprite, frame)
+            box = self._sprite_box(sprite, frame)
+            if box is not None:
+                x0, y0, x1, y1, sx, sy = box
+                np.copyto(
+                    out[y0:y1, x0:x1],
+                    sprite.rgb[sy : sy + y1 - y0, sx : sx + x1 - x0],
+                    where=sprite.mask[sy : sy + y1 - y0, sx : sx + x1 - x0],
+                )
         if scene.caption is not None:
             out[self.height - scene.caption.shape[0] :] = scene.caption
         return out
@@ -336,20 +361,80 @@ class World:
     def video_frame(self, frame: int, sent_at: float | None = None) -> av.VideoFrame:
         """Frame ``frame`` rendered, stamped with ``(frame, sent_at)`` and converted to yuv420p.
 
-        This is the streamer's per-frame call (≈ 2 ms at 1280×704). Non-blocking;
+        This is the streamer's per-frame call (≈ 0.3 ms at 1280×704). Non-blocking;
         ``sent_at`` defaults to ``time.monotonic()`` now. The caller sets
         ``pts``/``time_base``. Returns a new ``av.VideoFrame`` (untagged, i.e.
-        BT.601 limited range, as decoders assume). Raises like :meth:`render`.
+        BT.601 limited range, as decoders assume) that shows what
+        :meth:`render` shows, up to chroma rounding at object edges, plus the
+        stamp. Raises like :meth:`render`.
         """
-        img = self.render(frame)
-        stamp_frame(img, int(frame), sent_at)
-        rgb = av.VideoFrame.from_ndarray(img, format="rgb24")
-        try:
-            # One reused swscale context, one thread: PyAV ≥ 17 otherwise spins up
-            # a thread pool per call (see PITFALLS.md).
-            return self._reformatter.reformat(rgb, format="yuv420p", threads=1)
-        except TypeError:  # PyAV without the threads argument
-            return self._reformatter.reformat(rgb, format="yuv420p")
+        if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
+            raise TypeError(f"frame must be int, not {type(frame).__name__}")
+        if frame < 0:
+            raise ValueError(f"frame must be >= 0, got {frame}")
+        frame = int(frame)
+        scene = self._scene(bisect.bisect_right(self._frames, frame))
+        # Compose straight into the new frame's planes, in the encoder's format:
+        # an RGB render plus a swscale conversion costs ≈ 6× more CPU, and the
+        # server shares two cores with the encoder and the client.
+        out = av.VideoFrame(self.width, self.height, "yuv420p")
+        planes = [
+            np.frombuffer(memoryview(p), dtype=np.uint8).reshape(p.height, p.line_size)[
+                :, : p.width
+            ]
+            for p in out.planes
+        ]
+        for row0, row1, off in self._band_offsets(scene, frame):
+            for k, (plane, tile) in enumerate(zip(planes, scene.tile_yuv, strict=True)):
+                s = 1 if k == 0 else 2
+                np.copyto(
+                    plane[row0 // s : row1 // s],
+                    tile[row0 // s : row1 // s, off // s : (off + self.width) // s],
+                )
+        for sprite in scene.sprites:
+            box = self._sprite_box(sprite, frame)
+            if box is None:
+                continue
+            x0, y0, x1, y1, sx, sy = box
+            for k, (plane, pic) in enumerate(zip(planes, sprite.yuv, strict=True)):
+                s = 1 if k == 0 else 2
+                mask = sprite.mask_y if k == 0 else sprite.mask_uv
+                src = slice(sy // s, (sy + y1 - y0) // s), slice(sx // s, (sx + x1 - x0) // s)
+                np.copyto(plane[y0 // s : y1 // s, x0 // s : x1 // s], pic[src], where=mask[src])
+        if scene.caption_yuv is not None:
+            for plane, pic in zip(planes, scene.caption_yuv, strict=True):
+                plane[plane.shape[0] - pic.shape[0] :] = pic
+        stamp_yuv420(planes[0], planes[1], planes[2], frame, sent_at)
+        return out
+
+    def _band_offsets(self, scene: _Scene, frame: int) -> list[tuple[int, int, int]]:
+        """(row0, row1, x offset into the tile) of every band at ``frame``."""
+        # floor() keeps the motion continuous across interactions and identical for
+        # every renderer of the same frame number; even offsets keep the 2×2 chroma
+        # sites of the tile aligned with the frame's.
+        return [
+            (row0, row1, (math.floor(frame * speed) % scene.period) & ~1)
+            for row0, row1, speed in scene.bands
+        ]
+
+    def _sprite_box(
+        self, sprite: _Sprite, frame: int
+    ) -> tuple[int, int, int, int, int, int] | None:
+        """Visible part of a sprite: frame box x0, y0, x1, y1 and source corner sx, sy.
+
+        All even, so the same box serves the RGB picture and the chroma planes.
+        """
+        sh, sw = sprite.mask_y.shape
+        track = self.width + sw
+        x = math.floor((sprite.x0 + sprite.vx * frame) % track) - sw
+        bob = math.sin(2 * math.pi * frame / sprite.bob_period + sprite.bob_phase)
+        y = math.floor(sprite.y0 + sprite.bob_amp * bob)
+        x, y = x & ~1, y & ~1
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + sw, self.width), min(y + sh, self.height - self._caption_h)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return x0, y0, x1, y1, x0 - x, y0 - y
 
     # -- scenes --------------------------------------------------------------
 
@@ -377,15 +462,23 @@ class World:
             # With an input image, frame 0 must be the image itself: the start
             # prompt is not captioned, interactions are.
             caption = _caption(current, self.width, self._caption_h, accent)
-        return _Scene(tile=tile, period=period, bands=bands, sprites=sprites, caption=caption)
+        return _Scene(
+            tile=tile,
+            tile_yuv=_yuv420(tile),
+            period=period,
+            bands=bands,
+            sprites=sprites,
+            caption=caption,
+            caption_yuv=None if caption is None else _yuv420(caption),
+        )
 
     def _landscape(
         self, rng: np.random.Generator, hue: float
     ) -> tuple[RGBArray, int, list[tuple[int, int, float]], npt.NDArray[np.float32]]:
         w, h = self.width, self.height
         ground_end = h - self._caption_h
-        horizon = int(h * rng.uniform(0.38, 0.5))
-        hills_end = min(ground_end - 4, horizon + int(h * rng.uniform(0.12, 0.2)))
+        horizon = int(h * rng.uniform(0.38, 0.5)) & ~1  # band edges on chroma rows
+        hills_end = min(ground_end - 4, horizon + int(h * rng.uniform(0.12, 0.2))) & ~1
         period = w
         x = np.arange(period, dtype=np.float32)
         sat = float(rng.uniform(0.35, 0.8))
@@ -440,8 +533,8 @@ class World:
         bands = [(0, horizon, base * 0.02), (horizon, hills_end, base * 0.06)]
         strips = 4
         for i in range(strips):
-            r0 = hills_end + gh * i // strips
-            r1 = hills_end + gh * (i + 1) // strips
+            r0 = (hills_end + gh * i // strips) & ~1
+            r1 = ground_end if i == strips - 1 else (hills_end + gh * (i + 1) // strips) & ~1
             if r1 > r0:
                 bands.append((r0, r1, base * (0.1 + 0.06 * i)))
         if ground_end < h:
@@ -472,9 +565,11 @@ class World:
         sprites: list[_Sprite] = []
         count = int(rng.integers(3, 7))
         for _ in range(count):
-            size = max(6, int(min(w, h) * rng.uniform(0.07, 0.16)))
+            size = max(6, int(min(w, h) * rng.uniform(0.07, 0.16))) & ~1
             colour = _hsv(hue + 0.15 + 0.7 * float(rng.uniform()), 0.85, 0.95)
             rgb, mask = _shape_sprite(rng, size, colour)
+            mask_y = mask[:, :, 0]
+            cover = mask_y.reshape(size // 2, 2, size // 2, 2).sum(axis=(1, 3))
             speed = float(rng.uniform(0.05, 0.25)) * w / self.fps
             if rng.uniform() < 0.5:
                 speed = -speed
@@ -488,6 +583,9 @@ class World:
                 _Sprite(
                     rgb=rgb,
                     mask=mask,
+                    yuv=_yuv420(rgb),
+                    mask_y=mask_y,
+                    mask_uv=cover >= 2,
                     x0=x0,
                     y0=y0,
                     vx=speed,
@@ -497,20 +595,3 @@ class World:
                 )
             )
         return sprites
-
-    def _blit(self, out: RGBArray, sprite: _Sprite, frame: int) -> None:
-        sh, sw = sprite.mask.shape[:2]
-        track = self.width + sw
-        x = math.floor((sprite.x0 + sprite.vx * frame) % track) - sw
-        bob = math.sin(2 * math.pi * frame / sprite.bob_period + sprite.bob_phase)
-        y = math.floor(sprite.y0 + sprite.bob_amp * bob)
-        x0, y0 = max(x, 0), max(y, 0)
-        x1, y1 = min(x + sw, self.width), min(y + sh, self.height - self._caption_h)
-        if x1 <= x0 or y1 <= y0:
-            return
-        sx, sy = x0 - x, y0 - y
-        np.copyto(
-            out[y0:y1, x0:x1],
-            sprite.rgb[sy : sy + y1 - y0, sx : sx + x1 - x0],
-            where=sprite.mask[sy : sy + y1 - y0, sx : sx + x1 - x0],
-        )
