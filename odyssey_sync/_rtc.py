@@ -204,9 +204,13 @@ class RtcPeer:
             text = text[2:]
         if text.startswith("candidate:"):
             text = text[len("candidate:"):]
+        # aiortc's parser asserts on short input; check the 8 mandatory fields first.
+        if len(text.split()) < 8:
+            log.debug("ignoring a malformed remote candidate")
+            return
         try:
             candidate = candidate_from_sdp(text)
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, AssertionError):
             log.debug("ignoring a malformed remote candidate")
             return
         candidate.sdpMid = mid if isinstance(mid, str) else None

@@ -230,3 +230,35 @@ def test_max_message_size_from_sdp() -> None:
     assert max_message_size_from_sdp(sdp) == 262144
     assert max_message_size_from_sdp("v=0\r\n") == DATA_CHANNEL_FALLBACK_BYTES
     assert max_message_size_from_sdp("a=max-message-size:0\r\n") == DATA_CHANNEL_FALLBACK_BYTES
+
+
+def test_remote_candidates_parsed_and_filtered() -> None:
+    import asyncio
+    from typing import Any
+
+    from odyssey_sync._rtc import RtcPeer
+
+    added: list[Any] = []
+
+    class FakePc:
+        async def addIceCandidate(self, candidate: Any) -> None:
+            added.append(candidate)
+
+    async def scenario() -> None:
+        peer = RtcPeer(ice_servers=[], ring=None, events=None)  # type: ignore[arg-type]
+        real = peer._pc
+        peer._pc = FakePc()  # type: ignore[assignment]
+        host = "1 1 udp 2130706431 192.0.2.7 50000 typ host"
+        await peer.add_remote_candidate({"candidate": "", "sdpMid": "0"})  # end-of-candidates
+        await peer.add_remote_candidate({"candidate": "candidate:" + host})  # no mid/index
+        await peer.add_remote_candidate({"candidate": "garbage", "sdpMid": "0"})
+        await peer.add_remote_candidate({"candidate": "candidate:" + host, "sdpMid": "0",
+                                         "sdpMLineIndex": 0})
+        await peer.add_remote_candidate({"candidate": host, "sdpMLineIndex": 1})  # no prefix
+        await real.close()
+
+    asyncio.run(scenario())
+    assert [(c.ip, c.port, c.sdpMid, c.sdpMLineIndex) for c in added] == [
+        ("192.0.2.7", 50000, "0", 0),
+        ("192.0.2.7", 50000, None, 1),
+    ]
