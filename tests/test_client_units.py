@@ -255,7 +255,8 @@ def test_remote_candidates_parsed_and_filtered() -> None:
         await peer.add_remote_candidate({"candidate": "candidate:" + host, "sdpMid": "0",
                                          "sdpMLineIndex": 0})
         await peer.add_remote_candidate({"candidate": host, "sdpMLineIndex": 1})  # no prefix
-        await real.close()
+        peer._pc = real
+        await peer.close()
 
     asyncio.run(scenario())
     assert [(c.ip, c.port, c.sdpMid, c.sdpMLineIndex) for c in added] == [
