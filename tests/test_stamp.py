@@ -17,6 +17,7 @@ from odyssey_sync.local.stamp import (
     decode_stamp_raw,
     stamp_frame,
     stamp_region,
+    stamp_yuv420,
 )
 from odyssey_sync.local.world import World
 
@@ -141,6 +142,30 @@ def test_bad_arguments() -> None:
         decode_stamp(np.zeros((96, 160, 3), dtype=np.uint16))
     with pytest.raises(TypeError):
         stamp_region(160.0, 96)  # type: ignore[arg-type]
+
+
+def test_yuv420_stamp_matches_the_rgb_stamp() -> None:
+    width, height = 176, 320
+    rgb = _blank(width, height, 60)
+    stamp_frame(rgb, 99, 31.5)
+    via_rgb = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(via_rgb.to_ndarray(), format="yuv420p")
+    planes = [
+        np.frombuffer(memoryview(p), np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+        for p in frame.planes
+    ]
+    planes[0][:] = 70  # wipe the luma stamp, then draw it in YUV
+    stamp_yuv420(planes[0], planes[1], planes[2], 99, 31.5)
+    x, y, w, h = stamp_region(width, height)
+    expected = via_rgb.to_ndarray()[:height]
+    assert np.array_equal(planes[0][y : y + h, x : x + w], expected[y : y + h, x : x + w])
+    assert set(np.unique(planes[0][y : y + h, x : x + w])) == {16, 235}
+    # Chroma: grey within a few levels (a per-frame dither, see stamp_yuv420).
+    band_u = planes[1][y // 2 : (y + h) // 2, : w // 2].astype(int)
+    assert np.abs(band_u - 128).max() <= 4
+    assert decode_stamp(frame.to_ndarray(format="rgb24"), now=31.5) == FrameStamp(99, 31.5)
+    with pytest.raises(TypeError):
+        stamp_yuv420(planes[0].astype(np.int16), planes[1], planes[2], 1, 1.0)
 
 
 # -- send-time reconstruction ------------------------------------------------------

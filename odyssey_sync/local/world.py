@@ -23,10 +23,18 @@ whose frame is ≤ the frame number, frame number), so a recording can be
 rendered afterwards from a stream's event log and match what was streamed.
 
 Cost: everything that depends only on the prompt (background tile, sprites,
-caption text) is built once per scene; a frame is a handful of NumPy slice
-copies into a preallocated buffer plus sprite blits. :meth:`World.video_frame`
-adds the stamp (:mod:`odyssey_sync.local.stamp`) and a swscale conversion to
-yuv420p; see ``docs/sections/35-world.md`` for measured figures.
+caption text) is built once per scene, in RGB and as yuv420p planes; a frame
+is a handful of NumPy slice copies plus small sprite blits.
+:meth:`World.render` composes the RGB picture; :meth:`World.video_frame`
+composes the same picture straight into the planes of a new yuv420p
+``av.VideoFrame`` (no per-frame colour conversion) and draws the stamp
+(:mod:`odyssey_sync.local.stamp`) there. Band offsets and object positions are
+even, so both compositions agree pixel for pixel in luma and differ only in
+how chroma is rounded at object edges. Measured figures are in
+``docs/sections/35-world.md``.
+
+Thread-safety: a :class:`World` is used by one thread at a time (the
+streamer applies interactions between two renders on its render thread).
 """
 
 from __future__ import annotations
@@ -330,7 +338,7 @@ class World:
     def render(self, frame: int) -> RGBArray:
         """The unstamped H×W×3 uint8 RGB picture of frame number ``frame``.
 
-        Non-blocking (≈ 0.3–0.6 ms at 1280×704). Returns a view of an internal
+        Non-blocking (≈ 0.3 ms at 1280×704). Returns a view of an internal
         buffer, valid until the next :meth:`render`/:meth:`video_frame`; copy
         it to keep it. Deterministic: a pure function of the size, fps,
         prompt, image, the interactions at frames ≤ ``frame``, and ``frame``.
@@ -361,7 +369,7 @@ class World:
     def video_frame(self, frame: int, sent_at: float | None = None) -> av.VideoFrame:
         """Frame ``frame`` rendered, stamped with ``(frame, sent_at)`` and converted to yuv420p.
 
-        This is the streamer's per-frame call (≈ 0.3 ms at 1280×704). Non-blocking;
+        This is the streamer's per-frame call (≈ 0.15 ms at 1280×704). Non-blocking;
         ``sent_at`` defaults to ``time.monotonic()`` now. The caller sets
         ``pts``/``time_base``. Returns a new ``av.VideoFrame`` (untagged, i.e.
         BT.601 limited range, as decoders assume) that shows what
@@ -375,7 +383,7 @@ class World:
         frame = int(frame)
         scene = self._scene(bisect.bisect_right(self._frames, frame))
         # Compose straight into the new frame's planes, in the encoder's format:
-        # an RGB render plus a swscale conversion costs ≈ 6× more CPU, and the
+        # an RGB render plus a swscale conversion costs ≈ 20× more CPU, and the
         # server shares two cores with the encoder and the client.
         out = av.VideoFrame(self.width, self.height, "yuv420p")
         planes = [
