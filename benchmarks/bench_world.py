@@ -62,11 +62,27 @@ def main() -> None:
             ("World.render", world.render),
             ("stamp_frame", lambda i, img=img: stamp_frame(img, i, 1.0)),
             ("decode_stamp", lambda i, img=img: decode_stamp(img, now=1.0)),
-            ("World.video_frame (render+stamp+yuv)", world.video_frame),
+            ("World.video_frame (yuv + stamp)", world.video_frame),
         ]
         for name, fn in rows:
             med, p90, cpu = _timings(fn, n)
             print(f"{name:<38}{size:>10}{med:>11.3f}{p90:>9.3f}{cpu:>9.3f}")
+
+    print()
+    print(f"{'scene build (once per prompt)':<38}{'size':>10}{'median ms':>11}")
+    for width, height in ((1280, 704), (704, 1280), (320, 176)):
+        size = f"{width}x{height}"
+        builds, changes = [], []
+        for i in range(5):
+            t0 = time.perf_counter()
+            world = World(width, height, f"Prompt number {i}")
+            t1 = time.perf_counter()
+            world.interact(f"Interaction {i}", 10)
+            t2 = time.perf_counter()
+            builds.append((t1 - t0) * 1000.0)
+            changes.append((t2 - t1) * 1000.0)
+        print(f"{'World(...)':<38}{size:>10}{statistics.median(builds):>11.1f}")
+        print(f"{'World.interact':<38}{size:>10}{statistics.median(changes):>11.1f}")
 
     print()
     print(f"{'render_recording':<38}{'size':>10}{'frames':>8}{'fps':>8}{'x realtime':>12}")
