@@ -470,9 +470,18 @@ class World:
             # With an input image, frame 0 must be the image itself: the start
             # prompt is not captioned, interactions are.
             caption = _caption(current, self.width, self._caption_h, accent)
+        # The tile repeats with `period`: convert one period and repeat the planes
+        # (halves the conversion, the slow part of a scene change).
+        once = _yuv420(np.ascontiguousarray(tile[:, :period]))
+        extra = tile.shape[1] - period
+        tile_yuv = (
+            np.concatenate([once[0], once[0][:, :extra]], axis=1),
+            np.concatenate([once[1], once[1][:, : extra // 2]], axis=1),
+            np.concatenate([once[2], once[2][:, : extra // 2]], axis=1),
+        )
         return _Scene(
             tile=tile,
-            tile_yuv=_yuv420(tile),
+            tile_yuv=tile_yuv,
             period=period,
             bands=bands,
             sprites=sprites,
