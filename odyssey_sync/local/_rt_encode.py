@@ -91,7 +91,9 @@ class VideoEncoder:
             }
             ctx.qmin = 2
             ctx.qmax = 56
-            ctx.thread_count = 2 if width * height > 640 * 480 else 1
+            # One thread: on a loaded 2-core machine a second libvpx worker thread
+            # that is not scheduled stalls every encode (measured 100-400 ms).
+            ctx.thread_count = 1
         else:
             ctx = av.CodecContext.create("libx264", "w")
             ctx.options = {
