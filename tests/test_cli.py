@@ -390,3 +390,42 @@ def test_stream_broadcast_reports_the_spectator_details(server: Any) -> None:
     assert broadcast["webrtc_url"].startswith(server.url)
     assert broadcast["spectator_token"]
     assert "broadcast ready:" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_ctrl_c_exits_130_without_a_traceback(server: Any, tmp_path: Path) -> None:
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ODYSSEY_API")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    out = tmp_path / "partial.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odyssey_sync", *api(server), "stream", "A cat", "--seconds", "60",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        while "stream started" not in seen:
+            line = proc.stderr.readline()
+            assert line, f"exited early: {seen}"
+            seen += line
+        import time
+
+        deadline = time.monotonic() + 15  # the file appears with the first frame
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    assert proc.returncode == 130, seen + rest
+    assert "Traceback" not in rest
+    assert "interrupted" in rest
+    import av
+
+    with av.open(str(out)) as container:  # the video so far is finished, not corrupt
+        assert sum(1 for _ in container.decode(video=0)) > 0
