@@ -298,7 +298,7 @@ def stamp_yuv420(
 def stamp_frame(image: np.ndarray, frame: int, sent_at: float | None = None) -> None:
     """Draw the stamp of ``(frame, sent_at)`` in place into ``image``.
 
-    Non-blocking (≈ 20 µs at 1280×704), any thread. ``image`` is an H×W×3
+    Non-blocking (≈ 0.1 ms at 1280×704), any thread. ``image`` is an H×W×3
     (or ×4) uint8 array; the stamp band (:func:`stamp_region`) is overwritten
     with grey cells in every channel. ``sent_at`` defaults to
     ``time.monotonic()`` now. Raises ``TypeError`` for a non-uint8 array or a
