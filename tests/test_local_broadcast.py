@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from rtc_peer import RealtimeServer, TestPeer, drain_video, realtime_server, stream_frames
 
@@ -154,7 +155,8 @@ def test_no_broadcast_ready_without_broadcast() -> None:
     run(scenario)
 
 
-def test_whep_spectator_sees_the_stream_and_is_dropped_at_the_end() -> None:
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+def test_whep_spectator_sees_the_stream_and_is_dropped_at_the_end(codec: str) -> None:
     async def scenario(server: RealtimeServer) -> None:
         peer, started = await producer(server)
         spectator: Spectator | None = None
@@ -164,6 +166,10 @@ def test_whep_spectator_sees_the_stream_and_is_dropped_at_the_end() -> None:
                 spectator = await spectate(http, ready["webrtc_url"],
                                            token=ready["spectator_token"])
                 assert spectator.location.startswith(ready["webrtc_url"] + "/whep/")
+                video = spectator.answer.split("m=video", 1)[1].split("m=", 1)[0]
+                names = {line.split()[1].split("/")[0].upper()
+                         for line in video.splitlines() if line.startswith("a=rtpmap:")}
+                assert names - {"RTX"} == {codec.upper()}  # the producer's codec only
                 audio = spectator.answer.split("m=audio", 1)[1]
                 assert "a=inactive" in audio.split("m=", 1)[0]
                 await spectator.wait_frames(20)
@@ -190,7 +196,7 @@ def test_whep_spectator_sees_the_stream_and_is_dropped_at_the_end() -> None:
                 await spectator.close()
             await peer.close()
 
-    run(scenario)
+    run(scenario, codec=codec)
 
 
 def test_whep_bearer_token_and_delete() -> None:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from rtc_peer import RealtimeServer, TestPeer, realtime_server, stream_frames
 
-from odyssey_sync.local.streamer import codec_preferences
+from odyssey_sync.local.streamer import codec_preferences, negotiated_video_codec
 
 Scenario = Callable[[RealtimeServer], Awaitable[None]]
 
@@ -348,6 +348,27 @@ def test_codec_is_negotiated_and_decodable(codec: str) -> None:
             await peer.close()
 
     run(scenario, codec=codec)
+
+
+def test_codec_any_lets_the_peer_pick_and_encodes_what_it_picked() -> None:
+    async def scenario(server: RealtimeServer) -> None:
+        peer = await connected(server)
+        try:
+            offered = [line.split()[1].split("/")[0].upper()
+                       for line in peer.offer_sdp.splitlines() if line.startswith("a=rtpmap:")]
+            assert offered[0] == "VP8" and "H264" in offered
+            streamer = server.hub.streamer("sess-1")
+            assert streamer is not None
+            assert streamer.track.codec == negotiated_video_codec(peer.answer_sdp)
+            await peer.send({"type": "interactive_stream_start", "prompt": "any"})
+            await peer.expect("stream_started")
+            mark = len(peer.stamps)
+            await peer.wait_frames(10)
+            assert_consecutive(tail_from_zero(stream_frames(peer, mark)))
+        finally:
+            await peer.close()
+
+    run(scenario, codec="any")
 
 
 def test_codec_any_offers_vp8_then_h264() -> None:

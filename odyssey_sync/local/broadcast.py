@@ -178,15 +178,16 @@ class BroadcastHub:
         )
 
     async def _answer(self, pc: RTCPeerConnection, entry: _Broadcast, offer: str) -> None:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         source = entry.source
         track = source.tee()
         try:
-            sender = pc.addTrack(track)  # binds to the offered video transceiver
-            transceiver = next(t for t in pc.getTransceivers() if t.sender is sender)
-            # One encode serves every viewer: offer only the producer's codec.
+            # Created before the offer is applied, so aiortc binds the offered
+            # video m-section to it and negotiates with its preferences: one
+            # encode serves every viewer, so only the producer's codec is accepted.
+            transceiver = pc.addTransceiver(track, direction="sendonly")
             transceiver.setCodecPreferences(codec_preferences(source.codec))
-            route_feedback(sender, source.request_keyframe)
+            route_feedback(transceiver.sender, source.request_keyframe)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         except Exception:
             track.stop()
             raise
