@@ -884,8 +884,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:  # --help / --version / usage errors
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    # ``serve --verbose`` asks for INFO logs; configuring the root logger
+    # here first would otherwise turn its own basicConfig() into a no-op.
+    level = logging.WARNING
+    if getattr(args, "verbose", False):
+        level = logging.INFO
+    if args.debug:
+        level = logging.DEBUG
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
+        level=level,
         format="%(asctime)s %(threadName)s %(name)s %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
