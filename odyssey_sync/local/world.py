@@ -510,7 +510,7 @@ class World:
         # Far band: sky gradient with a mountain silhouette whose foot covers the
         # band's last rows, so the next band never shows sky behind it.
         t = np.linspace(0.0, 1.0, horizon, dtype=np.float32)[:, None, None]
-        tile[:horizon] = sky_top * (1 - t) + sky_low * t
+        sky = sky_top * (1 - t) + sky_low * t  # horizon × 1 × 3: one colour per row
         ys = np.arange(horizon, dtype=np.float32)[:, None]
         ridge = horizon * (0.55 + 0.3 * _periodic(rng, x, 5))
         cloud = _periodic(rng, x, 4)
@@ -518,22 +518,23 @@ class World:
         clouds = (np.abs(ys - cloud_row) < horizon * 0.06 * np.maximum(cloud, 0) * 2) & (
             cloud > 0.15
         )
-        tile[:horizon][clouds] = tile[:horizon][clouds] * 0.4 + 255 * 0.6
         shade = 0.8 + 0.2 * (ys / max(horizon, 1))
         mount = ys >= ridge[None, :]
-        mountain_px = (mountain[None, None, :] * shade[:, :, None]).repeat(period, axis=1)
-        tile[:horizon][mount] = mountain_px[mount]
+        # Broadcast per-row colours through np.where rather than materialising
+        # full-size colour planes: scene changes happen while streaming.
+        tile[:horizon] = np.where(
+            mount[:, :, None],
+            mountain[None, None, :] * shade[:, :, None],
+            np.where(clouds[:, :, None], sky * 0.4 + 255 * 0.6, sky),
+        )
 
         # Middle band: hills in front of the mountains' foot colour.
         hh = hills_end - horizon
         ys2 = np.arange(hh, dtype=np.float32)[:, None]
         hill_top = hh * (0.35 + 0.3 * _periodic(rng, x, 4))
-        tile[horizon:hills_end] = mountain * 1.0
         hill = ys2 >= hill_top[None, :]
-        hill_px = (hills[None, None, :] * (0.85 + 0.3 * ys2 / max(hh, 1))[:, :, None]).repeat(
-            period, axis=1
-        )
-        tile[horizon:hills_end][hill] = hill_px[hill]
+        hill_rows = hills[None, None, :] * (0.85 + 0.3 * ys2 / max(hh, 1))[:, :, None]
+        tile[horizon:hills_end] = np.where(hill[:, :, None], hill_rows, mountain * 1.0)
 
         # Near band: fields with furrows; split into strips that scroll faster
         # towards the viewer (perspective).
@@ -556,7 +557,7 @@ class World:
                 bands.append((r0, r1, base * (0.1 + 0.06 * i)))
         if ground_end < h:
             bands.append((ground_end, h, 0.0))
-        full = np.clip(tile, 0, 255).astype(np.uint8)
+        full = np.clip(tile, 0, 255, out=tile).astype(np.uint8)
         return np.concatenate([full, full], axis=1), period, bands, sky_top
 
     def _image_scene(
