@@ -761,3 +761,32 @@ def test_second_socket_supersedes_the_first_without_freeing() -> None:
             await second.close()
 
     run(scenario)
+
+
+@pytest.mark.e2e
+def test_server_stop_with_a_connected_client_closes_everything(tmp_path: Any) -> None:
+    from odyssey_sync.local.server import LocalOdyssey
+
+    server = LocalOdyssey(size=(320, 176), data_dir=tmp_path, recordings=False).start()
+    try:
+        async def main() -> None:
+            async with aiohttp.ClientSession() as http:
+                allocation = await _allocate(http, server.url, server.api_key)
+            peer = TestPeer()
+            try:
+                await peer.connect(server.url, allocation["session_id"],
+                                   allocation["session_token"],
+                                   signaling_url=allocation["signalling_url"])
+                await peer.send({"type": "interactive_stream_start", "prompt": "bye"})
+                await peer.expect("stream_started")
+                await peer.wait_frames(3)
+                # stop the server from another thread while the client is connected
+                await asyncio.get_running_loop().run_in_executor(None, server.stop)
+                closed = await peer.expect_signal(timeout=10)
+                assert closed == {"type": "_closed", "code": 1001}
+            finally:
+                await peer.close()
+
+        asyncio.run(asyncio.wait_for(main(), 40))
+    finally:
+        server.stop()

@@ -714,6 +714,8 @@ class StreamerSession:
             await self._send({"type": "broadcast_ready", "broadcast_url": None,
                               "webrtc_url": None, "spectator_token": None})
             return
+        # Set after BROADCAST_READY_FRAMES frames, or when the stream ends first
+        # (stop_video may hold frames back for as long as the stream lasts).
         await stream.ready.wait()
         if self._stream is not stream:
             return
@@ -728,6 +730,7 @@ class StreamerSession:
             return
         self._stream = None
         self._track.stream = None
+        stream.ready.set()  # a broadcast announcement still waiting gives up
         if self._timeout is not None:
             self._timeout.cancel()
             self._timeout = None
