@@ -790,3 +790,28 @@ def test_server_stop_with_a_connected_client_closes_everything(tmp_path: Any) ->
         asyncio.run(asyncio.wait_for(main(), 40))
     finally:
         server.stop()
+
+
+def test_streamer_failure_is_reported_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from odyssey_sync.local import streamer as streamer_mod
+
+    async def broken(self: Any) -> str:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(streamer_mod.StreamerSession, "create_offer", broken)
+
+    async def scenario(server: RealtimeServer) -> None:
+        session_id, token = server.add_session()
+        async with aiohttp.ClientSession() as http:
+            url = server.base_url.replace("http", "ws") + f"/sig/client/{session_id}"
+            async with http.ws_connect(url, params={"token": token}) as ws:
+                message = await asyncio.wait_for(ws.receive(), 5)
+                assert json.loads(message.data) == {"type": "error",
+                                                    "reason": "streamer_disconnected"}
+                closing = await asyncio.wait_for(ws.receive(), 5)
+                assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert server.sink.names() == ["session_closed"]
+
+    run(scenario)

@@ -194,7 +194,11 @@ class RealtimeHub:
         except (ConnectionError, asyncio.CancelledError):
             pass  # socket gone or server stopping: fall through to cleanup
         except Exception:
+            # Never a traceback to the peer: log it, tell the client the streamer
+            # is gone (a reason both official clients know), then clean up.
             log.exception("session %s: signaling error", session_id)
+            with contextlib.suppress(Exception):
+                await ws.send_str(json.dumps({"type": "error", "reason": "streamer_disconnected"}))
         finally:
             if self.connections.get(session_id) is conn:
                 del self.connections[session_id]
