@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from odyssey_sync.local.media import render_recording
@@ -58,10 +60,17 @@ def main() -> None:
         world.interact("The storm clears", 40)  # exercise a scene change inside the run
         size = f"{width}x{height}"
         img = world.render(0).copy()
+
+        def stamp(i: int, img: np.ndarray = img) -> None:
+            stamp_frame(img, i, 1.0)
+
+        def decode(i: int, img: np.ndarray = img) -> object:
+            return decode_stamp(img, now=1.0)
+
         rows: list[tuple[str, Callable[[int], object]]] = [
             ("World.render", world.render),
-            ("stamp_frame", lambda i, img=img: stamp_frame(img, i, 1.0)),
-            ("decode_stamp", lambda i, img=img: decode_stamp(img, now=1.0)),
+            ("stamp_frame", stamp),
+            ("decode_stamp", decode),
             ("World.video_frame (yuv + stamp)", world.video_frame),
         ]
         for name, fn in rows:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from odyssey_sync.local import media
 from odyssey_sync.local.media import RenderedMedia, decode_image, render_recording, render_script
 from odyssey_sync.local.stamp import decode_stamp, stamp_region
 from odyssey_sync.local.world import World
@@ -179,7 +178,7 @@ def test_bad_arguments_fail_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         render_recording(tmp_path / "a.mp4", interactions=[], frame_count=0, **common)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        render_recording(tmp_path / "a.mp4", interactions=["x"], frame_count=3, **common)  # type: ignore[arg-type]
+        render_recording(tmp_path / "a.mp4", interactions=["x"], frame_count=3, **common)  # type: ignore[list-item, arg-type]
     with pytest.raises(ValueError):
         render_recording(
             tmp_path / "a.mp4",
@@ -204,7 +203,7 @@ def test_failure_mid_render_leaves_no_files(
             raise RuntimeError("boom")
         return real(self, frame, sent_at)
 
-    monkeypatch.setattr(media.World, "video_frame", failing)
+    monkeypatch.setattr(World, "video_frame", failing)  # the class media.py uses
     (tmp_path / "old.mp4").write_bytes(b"previous")
     with pytest.raises(RuntimeError, match="boom"):
         render_recording(

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import av
 import numpy as np
 import pytest
+from av.video.codeccontext import VideoCodecContext
 
 from odyssey_sync.local.stamp import (
     FRAME_BITS,
@@ -82,7 +83,8 @@ def test_round_trip_without_codec(width: int, height: int) -> None:
     for frame, sent in [(0, 0.0), (1, 12.345678), (2**24 - 1, 98765.432101), (4242, 7.5)]:
         stamp_frame(img, frame, sent)
         got = decode_stamp(img, now=sent + 0.05)
-        assert got == FrameStamp(frame=frame, sent_at=pytest.approx(sent, abs=1e-6))
+        assert got is not None and got.frame == frame
+        assert got.sent_at == pytest.approx(sent, abs=1e-6)
 
 
 def test_channel_order_and_alpha_do_not_matter() -> None:
@@ -266,9 +268,10 @@ def test_stamp_of_the_previous_frame_is_overwritten() -> None:
 # -- through real codecs ------------------------------------------------------------
 
 
-def _encoder(codec: str, width: int, height: int, bitrate: int) -> av.CodecContext:
+def _encoder(codec: str, width: int, height: int, bitrate: int) -> VideoCodecContext:
     """An encoder configured the way aiortc configures its own (real-time, CBR)."""
     enc = av.CodecContext.create(codec, "w")
+    assert isinstance(enc, VideoCodecContext)
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.bit_rate = bitrate
     enc.time_base = fractions.Fraction(1, 30)

@@ -58,7 +58,7 @@ class RenderedMedia:
     height: int
 
 
-def decode_image(data: bytes) -> npt.NDArray[np.uint8]:
+def decode_image(data: bytes | bytearray | memoryview) -> npt.NDArray[np.uint8]:
     """Decode image file bytes (JPEG, PNG, WebP, GIF, BMP…) to an H×W×3 uint8 RGB array.
 
     Blocking (CPU only), any thread. EXIF orientation is applied; alpha is
