@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import av
 from aiohttp import web
 from aiortc import (
     MediaStreamTrack,
@@ -117,6 +118,8 @@ async def drain_video(
         except MediaStreamError:
             return
         now = time.monotonic()
+        if not isinstance(frame, av.VideoFrame):
+            continue  # audio (spectators drain it too)
         rgb = frame.to_ndarray(format="rgb24")
         size[:] = [frame.width, frame.height]
         stamps.append((decode_stamp(rgb, now=now), now))
@@ -129,7 +132,7 @@ class TestPeer:
 
     def __init__(self) -> None:
         self.http: aiohttp.ClientSession | None = None
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.ws: aiohttp.ClientWebSocketResponse[bool] | None = None
         self.pc: RTCPeerConnection | None = None
         self.channels: dict[str, RTCDataChannel] = {}
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -157,7 +160,8 @@ class TestPeer:
         sig = signaling_url or f"{base_url.replace('http', 'ws', 1)}/sig"
         url = f"{sig.rstrip('/')}/client/{session_id}"
         self.ws = await self.http.ws_connect(url, params={"token": token}, max_msg_size=0)
-        first = await asyncio.wait_for(self.ws.receive(), timeout)
+        ws = self.ws
+        first = await asyncio.wait_for(ws.receive(), timeout)
         offer = json.loads(first.data)
         assert offer["type"] == "offer", offer
         self.offer_sdp = offer["sdp"]
@@ -184,7 +188,7 @@ class TestPeer:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=self.offer_sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
         self.answer_sdp = pc.localDescription.sdp
-        await self.ws.send_json({"type": "answer", "sdp": self.answer_sdp})
+        await ws.send_json({"type": "answer", "sdp": self.answer_sdp})
         self._tasks.append(asyncio.ensure_future(self._read_signals()))
         await asyncio.wait_for(self._video.wait(), timeout)
         await asyncio.wait_for(self._c2s_open.wait(), timeout)

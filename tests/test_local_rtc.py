@@ -682,7 +682,9 @@ def test_rtp_fault_seam_patterns_are_deterministic(
     async def main() -> list[int]:
         sender = _FakeSender()
         transport = sender.transport
-        seam = RtpFaultSeam(Faults(**faults), sender)
+        fault_switches = Faults()
+        fault_switches.set(**faults)
+        seam = RtpFaultSeam(fault_switches, sender)
         seam.install()
         seam.install()  # idempotent
         for seq in range(12):
@@ -731,7 +733,7 @@ def test_pli_from_the_peer_produces_a_key_frame() -> None:
             before = encoder.keyframes
             assert peer.pc is not None
             receiver = next(t.receiver for t in peer.pc.getTransceivers() if t.kind == "video")
-            media_ssrc = next(iter(receiver._RTCRtpReceiver__remote_streams))
+            media_ssrc = next(iter(receiver._RTCRtpReceiver__remote_streams))  # type: ignore[attr-defined]
             await receiver._send_rtcp_pli(media_ssrc)  # what aiortc sends on decode errors
             for _ in range(100):
                 if encoder.keyframes > before:
