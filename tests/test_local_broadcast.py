@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 from rtc_peer import RealtimeServer, TestPeer, drain_video, realtime_server, stream_frames
 
 from odyssey_sync.local.stamp import FrameStamp
@@ -264,3 +265,39 @@ def test_closing_the_producer_drops_spectators() -> None:
             await peer.close()
 
     run(scenario)
+
+
+def test_slow_spectator_resynchronises_on_a_key_frame() -> None:
+    import av
+    from rtc_peer import StubSink
+
+    from odyssey_sync.local.context import ServerConfig, ServerContext
+    from odyssey_sync.local.streamer import _SPECTATOR_BACKLOG, WorldTrack
+
+    def packet(key: bool) -> av.Packet[Any]:
+        p: av.Packet[Any] = av.Packet(b"\x00" * 8)
+        p.is_keyframe = key
+        return p
+
+    async def main() -> None:
+        source = WorldTrack(ServerContext(config=ServerConfig(), sink=StubSink()))
+        spectator = source.tee()
+        assert source.encoder._keyframe.is_set()  # a new viewer asks for a key frame
+        source.encoder._keyframe.clear()
+        spectator.push(packet(False))  # no reference yet: skipped
+        spectator.push(packet(True))
+        for _ in range(_SPECTATOR_BACKLOG - 1):
+            spectator.push(packet(False))
+        assert (await spectator.recv()).is_keyframe
+        spectator.push(packet(False))
+        spectator.push(packet(False))  # backlog full: dropped, key frame requested
+        assert source.encoder._keyframe.is_set()
+        spectator.push(packet(False))  # still waiting for the key frame
+        spectator.push(packet(True))
+        assert (await spectator.recv()).is_keyframe
+        assert spectator.skipped == 1 + (_SPECTATOR_BACKLOG + 1) + 1
+        source.stop()  # the producer ends: the viewer's track ends too
+        with pytest.raises(MediaStreamError):
+            await spectator.recv()
+
+    asyncio.run(main())
