@@ -162,9 +162,15 @@ class RealtimeHub:
         return conn.streamer if conn is not None else None
 
     async def handle_config(self, request: web.Request) -> web.Response:
+        """``GET /sig/config`` and ``GET /config``: no ICE servers (host candidates only)."""
         return web.json_response({"iceServers": []})
 
     async def handle_client(self, request: web.Request) -> web.StreamResponse:
+        """``GET /sig/client/{session_id}?token=``: checks, upgrade, then the connection.
+
+        Returns only when the socket has ended and everything behind it is
+        closed (aiohttp keeps the handler running for the socket's lifetime).
+        """
         ctx = self.ctx
         session_id = request.match_info["session_id"]
         if self._closing:

@@ -9,12 +9,15 @@ all in the SDP and nothing is trickled.
 
 Video comes from a :class:`WorldTrack` that renders at ``ServerConfig.fps``:
 a dark stamped idle picture between streams, the stream's world while a stream
-runs (frame numbers restart at 0 with every stream). The client's sender
-*pulls* it directly: a frame is rendered only when the encoder asks for the
-next one, so an overloaded machine lowers the frame rate but never skips a
-frame number (a push relay would overwrite frames the encoder had no time
-for). WHEP spectators get a :class:`SpectatorTrack` tee of the same frames,
-latest-wins per viewer, so a slow viewer never slows the client.
+runs (frame numbers restart at 0 with every stream). The track encodes its
+frames itself (``_rt_encode``: VP8 or H.264, whichever the answer chose) and
+hands aiortc ready packets. The client's sender *pulls* them: a frame is
+rendered only when the sender asks for the next one, so an overloaded machine
+lowers the frame rate but never skips a frame number (a push relay would
+overwrite frames the encoder had no time for). WHEP spectators get a
+:class:`SpectatorTrack` tee of the same packets — one encode for everyone, as
+a broadcast server forwards one stream — and a slow viewer is resynchronised
+on a key frame instead of slowing the client.
 
 The application protocol (``interactive_stream_start`` / ``update`` /
 ``interactive_stream_end`` and the replies) is served by :class:`StreamerSession`.
@@ -22,9 +25,9 @@ Inbound messages from both transports (data channel and signaling WebSocket)
 go through one queue and are handled strictly in arrival order by one task, so
 an ``ack_delay`` fault delays later replies too instead of reordering them.
 
-Threads: everything runs on the server's event loop; world rendering of large
-frames and image decoding run in the loop's default executor so that a 1280×704
-render does not stall ICE/DTLS/SCTP.
+Threads: everything runs on the server's event loop; rendering + encoding of
+large frames, world construction, scene changes and image decoding run in the
+loop's default executor so that they do not stall ICE/DTLS/SCTP.
 """
 
 from __future__ import annotations
