@@ -84,6 +84,8 @@ BROADCAST_READY_FRAMES = 3
 #: how long a reply may wait for ``streamerToClient`` to open (start over the
 #: WebSocket can arrive before the data channel is up).
 _CHANNEL_OPEN_TIMEOUT = 30.0
+#: trickled candidates kept while the answer has not arrived yet
+_EARLY_CANDIDATE_LIMIT = 64
 #: inbound application messages queued per connection before new ones are dropped
 _INBOX_LIMIT = 256
 #: packets a slow spectator may lag behind before it is resynchronised on a key frame
@@ -450,6 +452,7 @@ class StreamerSession:
 
     @property
     def active_stream_id(self) -> str | None:
+        """The running stream's id, or None between streams."""
         return self._stream.stream_id if self._stream is not None else None
 
     # --- negotiation ------------------------------------------------------
@@ -457,9 +460,7 @@ class StreamerSession:
     async def create_offer(self) -> str:
         """Build the peer connection and return the offer SDP (candidates included)."""
         pc = self._pc
-        transceiver = pc.addTransceiver(
-            self._track, direction="sendonly"
-        )
+        transceiver = pc.addTransceiver(self._track, direction="sendonly")
         transceiver.setCodecPreferences(codec_preferences(self._ctx.config.codec))
         route_feedback(transceiver.sender, self._track.request_keyframe)
         self._c2s = pc.createDataChannel("clientToStreamer", ordered=True)
@@ -503,7 +504,8 @@ class StreamerSession:
         if not isinstance(raw, str) or not raw.strip():
             return
         if not self._answered:
-            self._early_candidates.append(message)
+            if len(self._early_candidates) < _EARLY_CANDIDATE_LIMIT:
+                self._early_candidates.append(message)
             return
         text = raw.strip()
         if text.startswith("a="):
