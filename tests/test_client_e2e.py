@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import threading
 import time
@@ -39,21 +38,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
 
 
 def warm_up(srv: LocalOdyssey) -> None:
-    """Start the threads the server creates lazily (its loop's default
-    executor grows on demand) before the per-test thread-leak snapshot, so
-    that only threads the *client* leaves behind fail a test."""
+    """Run one stream before the per-test thread-leak snapshot, so that first-use
+    costs (codec set-up, imports) do not land in a test. The server's executor
+    threads are started by ``LocalOdyssey.start()`` itself."""
     with Odyssey(srv.api_key, api_url=srv.url) as c:
         c.connect()
         c.start_stream("warm up")
         c.end_stream()
-    loop = srv._loop  # private: no public way to pre-size the server's executor
-    assert loop is not None
-
-    async def fill_executor() -> None:
-        running = asyncio.get_running_loop()
-        await asyncio.gather(*(running.run_in_executor(None, time.sleep, 0.05) for _ in range(40)))
-
-    asyncio.run_coroutine_threadsafe(fill_executor(), loop).result(10)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,10 @@ The server runs one asyncio loop on a named background thread
 simulation jobs (:mod:`.simulations`) and, when installed, the real-time half
 (signaling, WebRTC streamer, WHEP; :mod:`.signaling`). State lives in SQLite
 under ``data_dir`` (:mod:`.store`), so stopping and starting a server on the
-same directory keeps keys, recordings and jobs.
+same directory keeps keys, recordings and jobs. The loop's default executor
+(renders, encodes, image decodes) is the server's own pool of
+``odyssey-local-exec_N`` threads, all started by :meth:`LocalOdyssey.start`
+and joined by :meth:`LocalOdyssey.stop`, so none appear later.
 """
 
 from __future__ import annotations
@@ -44,6 +47,31 @@ T = TypeVar("T")
 _DB_NAME = "odyssey-local.sqlite3"
 _KEY_FILE = "api_key"
 _LOCK_FILE = "server.lock"
+#: threads of the loop's default executor (renders, encodes, image decodes,
+#: getaddrinfo): the size asyncio would pick by default.
+_EXECUTOR_WORKERS = min(32, (os.cpu_count() or 1) + 4)
+
+
+def _prestarted_executor(workers: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
+    """A thread pool whose ``workers`` threads all exist when this returns.
+
+    ``ThreadPoolExecutor`` creates threads lazily, one per submit that finds no
+    idle worker, so a server's pool would otherwise grow in the middle of
+    whatever runs later (a test's thread-leak check sees those as leaks).
+    Each of ``workers`` tasks holds its thread at a barrier until all have
+    arrived, which forces the pool to its full size; blocking ≤ 10 s.
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    barrier = threading.Barrier(workers + 1, timeout=10.0)
+    futures = [pool.submit(barrier.wait) for _ in range(workers)]
+    try:
+        barrier.wait()
+        concurrent.futures.wait(futures, timeout=10.0)
+    except threading.BrokenBarrierError:
+        # Could not start every thread in time (an overloaded machine): the pool
+        # still works, it only grows lazily again.
+        log.warning("server executor: not all %d threads started in time", workers)
+    return pool
 
 
 def default_data_dir() -> Path:
@@ -298,6 +326,11 @@ class LocalOdyssey:
         asyncio.set_event_loop(loop)
         try:
             try:
+                # The loop's own named executor, fully started before the server
+                # is reported ready (see _prestarted_executor); shut down and
+                # joined with the loop below.
+                loop.set_default_executor(
+                    _prestarted_executor(_EXECUTOR_WORKERS, "odyssey-local-exec"))
                 loop.run_until_complete(self._serve())
             except BaseException as exc:
                 ready.set_exception(exc)
