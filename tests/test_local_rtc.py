@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -260,6 +261,9 @@ def test_bad_input_is_ignored_or_answered() -> None:
             await peer.close()
         started = [c for n, c in server.sink.calls if n == "stream_started"]
         assert started[0]["portrait"] is True and started[0]["prompt"] == ""
+        # the recording's stamp origin: frame 0's slot on the monotonic clock
+        origin = started[0]["stamp_origin"]
+        assert isinstance(origin, float) and 0 < origin <= time.monotonic() + 1.0
 
     run(scenario)
 

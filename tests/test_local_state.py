@@ -46,6 +46,35 @@ def api(server: Any) -> Any:
 # -- recordings -------------------------------------------------------------------
 
 
+def test_recording_stamps_start_at_the_live_stamp_origin(server: Any, api: Any) -> None:
+    """The live frame-0 send time reaches the recording: sent_at = origin + i / fps."""
+    if not has_renderer():
+        pytest.skip("needs the world renderer")
+    import io
+
+    import av
+
+    from odyssey_sync.local.stamp import decode_stamp_raw
+
+    session_id = api.allocate()
+    sink = server.context.sink
+    width, height = server.context.frame_size(False)
+    fps = server.config.fps
+    origin = 1234.5678
+    server.call(lambda: sink.stream_started(
+        stream_id="stream-o", session_id=session_id, width=width, height=height, fps=fps,
+        prompt="a clock", applied_prompt="a clock", portrait=False, image=None,
+        broadcast=False, stamp_origin=origin))
+    server.call(sink.stream_ended, "stream-o", 6)
+    assert server.wait_for_recording("stream-o", timeout=60)["render_state"] == "ready"
+    video = requests.get(api.get("/recordings/stream-o").json()["video_url"], timeout=20)
+    raws = []
+    with av.open(io.BytesIO(video.content)) as container:
+        for frame in container.decode(video=0):
+            raws.append(decode_stamp_raw(frame.to_ndarray(format="rgb24")))
+    assert raws == [(i, round((origin + i / fps) * 1e6) % 2**32) for i in range(6)]
+
+
 def test_recording_lifecycle_and_download(server: Any, api: Any) -> None:
     session_id = api.allocate()
     play_stream(server, session_id, "stream-a", frames=12,

@@ -223,8 +223,14 @@ def _fallback_render(path: Path, width: int, height: int, fps: float, frame_coun
 
 def render_stream_recording(paths: dict[str, Path], *, width: int, height: int, fps: float,
                             prompt: str, image: bytes | None,
-                            interactions: list[tuple[int, str]], frame_count: int) -> Rendered:
-    """Render a live stream's recording (blocking; runs on a render thread)."""
+                            interactions: list[tuple[int, str]], frame_count: int,
+                            stamp_origin: float | None = None) -> Rendered:
+    """Render a live stream's recording (blocking; runs on a render thread).
+
+    Frame ``i`` is stamped ``sent_at = stamp_origin + i / fps`` (``stamp_origin``:
+    the live stream's frame-0 send time on ``time.monotonic()``; None = 0.0, e.g.
+    for a recording re-rendered after a restart, when that clock value is gone).
+    """
     media = _media_module()
     if media is None:
         _fallback_render(paths["video"], width, height, fps, frame_count, prompt)
@@ -233,6 +239,7 @@ def render_stream_recording(paths: dict[str, Path], *, width: int, height: int, 
     result = media.render_recording(
         paths["video"], width=width, height=height, fps=fps, prompt=prompt, image=picture,
         interactions=interactions, frame_count=frame_count,
+        stamp_origin=0.0 if stamp_origin is None else float(stamp_origin),
         thumbnail_path=paths["thumbnail"], preview_path=paths["preview"])
     return Rendered(int(result.frame_count), float(result.duration_seconds),
                     paths["thumbnail"].exists(), paths["preview"].exists())
@@ -306,6 +313,10 @@ class LocalBackend:
         self.render_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="odyssey-local-render")
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: stream_id -> monotonic stamp origin of frame 0 (live streams and those
+        #: awaiting their render). In memory only: a monotonic value means nothing
+        #: after a restart, so a re-render falls back to origin 0.0.
+        self._stamp_origins: dict[str, float] = {}
         self._render_done = threading.Condition()
         from .simulations import JobRunner  # local import: simulations imports this module
 
@@ -460,11 +471,14 @@ class LocalBackend:
 
     def stream_started(self, *, stream_id: str, session_id: str, width: int, height: int,
                        fps: float, prompt: str, applied_prompt: str, portrait: bool,
-                       image: bytes | None, broadcast: bool) -> None:
+                       image: bytes | None, broadcast: bool,
+                       stamp_origin: float | None = None) -> None:
         alloc = self.allocations.get(session_id)
         if alloc is None:
             log.warning("stream %s started on unknown allocation %s", stream_id, session_id)
             return
+        if stamp_origin is not None:
+            self._stamp_origins[stream_id] = float(stamp_origin)
         alloc.connected = True
         media_key = uuid.uuid4().hex
         if image is not None:
@@ -499,6 +513,7 @@ class LocalBackend:
         if state == "rendering":
             self.spawn(self._render_recording(stream_id))
         else:
+            self._stamp_origins.pop(stream_id, None)
             self._notify_render()
 
     def session_closed(self, session_id: str) -> None:
@@ -522,13 +537,14 @@ class LocalBackend:
             image_path = self.media_dir / f"{row['media_key']}.input"
             image = image_path.read_bytes() if image_path.exists() else None
         paths = self.media_paths(row["media_key"])
+        origin = self._stamp_origins.pop(stream_id, None)
         loop = asyncio.get_running_loop()
         try:
             rendered = await loop.run_in_executor(
                 self.render_pool, lambda: render_stream_recording(
                     paths, width=row["width"], height=row["height"], fps=row["fps"],
                     prompt=row["prompt"], image=image, interactions=interactions,
-                    frame_count=row["frame_count"]))
+                    frame_count=row["frame_count"], stamp_origin=origin))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

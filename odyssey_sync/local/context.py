@@ -71,8 +71,15 @@ class StreamSink(Protocol):
         portrait: bool,
         image: bytes | None,
         broadcast: bool,
+        stamp_origin: float | None = None,
     ) -> None:
-        """A stream began at frame 0 (``image``: the decoded input image file bytes)."""
+        """A stream began at frame 0 (``image``: the decoded input image file bytes).
+
+        ``stamp_origin``: the ``time.monotonic()`` value frame 0 is stamped with
+        (the streamer's estimate: the sink hears of the stream before frame 0 is
+        rendered), so a recording can be stamped ``stamp_origin + i / fps`` in
+        line with the live stream; None when unknown.
+        """
 
     def stream_interacted(self, stream_id: str, frame: int, prompt: str) -> None:
         """An ``update`` took effect from frame number ``frame`` of that stream."""

@@ -279,6 +279,19 @@ class WorldTrack(MediaStreamTrack):
         if codec != self._encoder.codec_name:
             self._encoder = VideoEncoder(codec, float(self._ctx.config.fps))
 
+    def next_frame_due(self) -> float:
+        """``time.monotonic()`` at which the next frame will be rendered and stamped.
+
+        Non-blocking, loop thread. An estimate: the next frame slot, or now when
+        the track is due or late; the frame's stamp is taken a few ms later
+        (wake-up, executor hand-off). Used as a new stream's recording stamp origin.
+        """
+        now = time.monotonic()
+        due = self._next_at
+        if due is None or now - due > self._interval:
+            return now  # first frame, or behind: _next_packet renders at once
+        return max(now, due)
+
     def request_keyframe(self) -> None:
         """Next packet is a key frame (PLI/FIR from any receiver, new viewer). Any thread."""
         self._encoder.request_keyframe()
@@ -669,6 +682,11 @@ class StreamerSession:
             portrait=portrait,
             image=image_bytes,
             broadcast=broadcast,
+            # Frame 0 is not rendered yet (the sink must know the stream before
+            # the client does), so this is the frame's slot, not its stamp: a
+            # recording's stamps then line up with the live ones to within a
+            # few ms at frame 0 (later live frames follow the wall-clock pacing).
+            stamp_origin=self._track.next_frame_due(),
         )
         self._timeout = loop.call_later(
             float(self._ctx.config.session_timeout),
