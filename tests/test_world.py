@@ -61,6 +61,56 @@ def test_frame_is_a_pure_function_of_its_number() -> None:
     assert np.array_equal(world.render(5), first)
 
 
+def test_prepared_scenes_give_the_same_frames() -> None:
+    """prepare() off-thread + interact(scene=) == interact() building the scene itself."""
+    import concurrent.futures
+
+    image = _photo(W, H)
+    for img in (None, image):
+        plain = World(W, H, "a harbour", image=img)
+        plain.interact("boats leave", 5)
+        plain.interact("boats leave", 9)  # same prompt again: a different scene
+        plain.interact("night falls", 9)
+
+        world = World(W, H, "a harbour", image=img)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="test-prepare") as pool:
+            scenes = [pool.submit(world.prepare, p, i).result()
+                      for i, p in enumerate(["boats leave", "boats leave", "night falls"], 1)]
+        assert [(s.index, s.prompt) for s in scenes] == [
+            (1, "boats leave"), (2, "boats leave"), (3, "night falls")]
+        world.render(3)  # rendering between prepare and install changes nothing
+        for scene, frame in zip(scenes, (5, 9, 9), strict=True):
+            world.interact(scene.prompt, frame, scene=scene)
+        assert world.interactions == plain.interactions
+        for frame in (0, 4, 5, 8, 9, 12):
+            assert np.array_equal(world.render(frame), plain.render(frame)), frame
+        vf_a, vf_b = world.video_frame(12, 1.0), plain.video_frame(12, 1.0)
+        assert np.array_equal(vf_a.to_ndarray(), vf_b.to_ndarray())
+
+
+def test_a_scene_that_does_not_fit_is_ignored() -> None:
+    reference = World(W, H, "a harbour")
+    reference.interact("gulls", 4)
+    expected = reference.render(6).copy()
+    other = World(W, H, "a harbour")
+    wrong = [
+        other.prepare("gulls", 1),             # another world's scene
+        reference.prepare("gulls", 2),         # wrong interaction number
+        reference.prepare("pelicans", 1),      # wrong prompt
+    ]
+    for scene in wrong:
+        world = World(W, H, "a harbour")
+        world.interact("gulls", 4, scene=scene)
+        assert np.array_equal(world.render(6), expected)
+    assert other.prepare("gulls").index == 1  # default: the next interaction
+    with pytest.raises(TypeError):
+        other.interact("gulls", 4, scene="not a scene")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        other.prepare("gulls", 0)
+    with pytest.raises(TypeError):
+        other.prepare(None)  # type: ignore[arg-type]
+
+
 def test_interactions_added_out_of_order() -> None:
     ordered = World(W, H, "p")
     ordered.interact("one", 10)

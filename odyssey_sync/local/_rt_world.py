@@ -29,9 +29,11 @@ __all__ = [
     "InvalidImage",
     "RenderWorld",
     "applied_prompt",
+    "apply_interaction",
     "decode_data_url",
     "idle_frame",
     "make_world",
+    "prepare_scene",
 ]
 
 
@@ -96,6 +98,33 @@ def make_world(
         world: RenderWorld = _world_mod.World(width, height, prompt, image=image, fps=fps)
         return world
     return _StandInWorld(width, height, prompt, image)
+
+
+def prepare_scene(world: RenderWorld, prompt: str, index: int) -> Any | None:
+    """Build interaction number ``index`` (1-based) of ``world`` without applying it.
+
+    Blocking, CPU-bound (tens of ms at 1280×704): call it in an executor. Safe
+    while another thread renders ``world`` (``World.prepare`` with an explicit
+    index is pure). Returns an opaque scene for :func:`apply_interaction`, or
+    None when the world cannot prepare scenes (the stand-in).
+    """
+    prepare = getattr(world, "prepare", None)
+    if prepare is None:
+        return None
+    return prepare(prompt, index)
+
+
+def apply_interaction(world: RenderWorld, prompt: str, frame: int, scene: Any | None) -> None:
+    """``world.interact(prompt, frame)``, installing ``scene`` from :func:`prepare_scene`.
+
+    Non-blocking with a scene; without one (or one that does not fit) the world
+    builds the scene itself. Call it on the thread that renders ``world``,
+    between two renders.
+    """
+    if scene is None:
+        world.interact(prompt, frame)
+    else:
+        world.interact(prompt, frame, scene=scene)  # type: ignore[call-arg]
 
 
 def applied_prompt(prompt: str) -> str:

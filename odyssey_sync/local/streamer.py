@@ -165,9 +165,14 @@ class LiveStream:
     started_at: float
     #: frames rendered so far == the number of the next frame
     frames: int = 0
-    #: prompts accepted by ``update`` and not yet handed to the world; applied
-    #: between two renders so the world is never touched while it renders
-    pending: list[str] = field(default_factory=list)
+    #: updates accepted and not yet handed to the world, in arrival order: the
+    #: prompt and its scene being prepared in the executor. Applied between two
+    #: renders (the world is never touched while it renders), in order, each
+    #: from the first frame rendered after its scene (and every earlier one) is ready
+    pending: list[tuple[str, asyncio.Future[Any]]] = field(default_factory=list)
+    #: interactions accepted so far: the next update is interaction number
+    #: ``accepted + 1`` (the world seeds its scene with that number)
+    accepted: int = 0
     on_interacted: Callable[[LiveStream, int, str], None] | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -343,9 +348,21 @@ class WorldTrack(MediaStreamTrack):
 
         stream = self.stream
         prompts: list[str] = []
+        needs_build = False
         if stream is not None:
             number = stream.frames
-            prompts, stream.pending = stream.pending, []
+            # Updates whose scene is ready, in order, up to the first that is not:
+            # acknowledged order is applied order; a scene still being built
+            # holds back the ones after it (they show from a later frame).
+            ready: list[tuple[str, Any]] = []
+            while stream.pending and stream.pending[0][1].done():
+                prompt, future = stream.pending.pop(0)
+                scene = None
+                if not future.cancelled() and future.exception() is None:
+                    scene = future.result()
+                needs_build = needs_build or scene is None
+                ready.append((prompt, scene))
+            prompts = [prompt for prompt, _ in ready]
             stream.frames += 1
             world = stream.world
             width, height = stream.width, stream.height
@@ -353,9 +370,10 @@ class WorldTrack(MediaStreamTrack):
             def render() -> av.VideoFrame:
                 # Interactions are applied here, between two renders, so the
                 # world (not thread-safe) is only ever used by one thread at a
-                # time; building the new scene is the slow part (tens of ms).
-                for prompt in prompts:
-                    world.interact(prompt, number)
+                # time. Their scenes were prepared in the executor, so this is
+                # cheap unless preparing failed (then the world builds it).
+                for prompt, scene in ready:
+                    _rt_world.apply_interaction(world, prompt, number, scene)
                 return world.video_frame(number, time.monotonic())
         else:
             number = self._idle_frames
@@ -380,7 +398,7 @@ class WorldTrack(MediaStreamTrack):
             frame.time_base = VIDEO_TIME_BASE
             return encoder.encode(frame), pts, start
 
-        if width * height > _EXECUTOR_PIXELS or prompts:
+        if width * height > _EXECUTOR_PIXELS or needs_build:
             loop = asyncio.get_running_loop()
             packet, pts, start = await loop.run_in_executor(None, produce)
         else:
@@ -401,6 +419,11 @@ class WorldTrack(MediaStreamTrack):
         for spectator in list(self._spectators):
             spectator.push(packet)
         return packet
+
+
+def _discard_result(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class _Reject(Exception):
@@ -710,7 +733,16 @@ class StreamerSession:
             await self._reply({"type": "interactive_stream_error", "reason": "invalid_request",
                                "message": "update needs a string prompt"})
             return
-        stream.pending.append(prompt)  # the world takes it from the next frame
+        # Build the new scene off the loop while frames keep rendering (≈ 35 ms
+        # at 1280×704); the track installs it between two renders once ready.
+        # Acknowledged now, in arrival order; the world changes from the first
+        # frame after the scene is ready.
+        stream.accepted += 1
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            None, _rt_world.prepare_scene, stream.world, prompt, stream.accepted
+        )
+        stream.pending.append((prompt, future))
         await self._reply({"type": "update_acknowledged",
                            "prompt": _rt_world.applied_prompt(prompt)})
 
@@ -758,8 +790,10 @@ class StreamerSession:
             self._timeout.cancel()
             self._timeout = None
         # Updates acknowledged but not yet rendered still belong to the stream's record.
-        for prompt in stream.pending:
+        for prompt, future in stream.pending:
             self._report_interaction(stream, stream.frames, prompt)
+            # Nobody will install it; retrieve a failure so asyncio does not log it.
+            future.add_done_callback(_discard_result)
         stream.pending.clear()
         if stream.broadcast and self._broadcasts is not None:
             await self._broadcasts.unpublish(stream.stream_id)

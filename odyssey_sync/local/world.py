@@ -34,7 +34,11 @@ how chroma is rounded at object edges. Measured figures are in
 ``docs/sections/35-world.md``.
 
 Thread-safety: a :class:`World` is used by one thread at a time (the
-streamer applies interactions between two renders on its render thread).
+streamer applies interactions between two renders on its render thread),
+except :meth:`World.prepare` with an explicit ``index``, which reads only
+what construction fixed and may run on any thread at any time: the streamer
+builds the next scene in an executor while frames keep rendering, then
+installs it in well under a millisecond.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .stamp import stamp_region, stamp_yuv420
 
-__all__ = ["World", "applied_prompt"]
+__all__ = ["Scene", "World", "applied_prompt"]
 
 RGBArray = npt.NDArray[np.uint8]
 Plane = npt.NDArray[np.uint8]
@@ -156,6 +160,28 @@ class _Scene:
     sprites: list[_Sprite]
     caption: RGBArray | None  # ch × W × 3, drawn at the bottom
     caption_yuv: tuple[Plane, Plane, Plane] | None
+
+
+class Scene:
+    """A prepared interaction scene: the result of :meth:`World.prepare`.
+
+    Immutable once built (its arrays are only ever read), so it may be built on
+    one thread and installed with :meth:`World.interact` on another. Valid
+    only for the world that prepared it, as interaction number ``index`` with
+    prompt ``prompt``.
+    """
+
+    __slots__ = ("_data", "_owner", "index", "prompt")
+
+    def __init__(self, owner: object, index: int, prompt: str, data: _Scene) -> None:
+        self._owner = owner
+        self._data = data
+        #: 1-based number of the interaction this scene belongs to
+        self.index = index
+        self.prompt = prompt
+
+    def __repr__(self) -> str:
+        return f"Scene(index={self.index}, prompt={self.prompt[:40]!r})"
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -297,6 +323,9 @@ class World:
         self._scenes: dict[int, _Scene] = {}
         self._buf: RGBArray = np.zeros((height, width, 3), dtype=np.uint8)
         self._caption_h = max(10, round(height * 0.07)) // 2 * 2
+        # Identifies scenes prepared by this instance (see Scene); never compared
+        # by value, so a scene of another world with equal options is rebuilt.
+        self._token = object()
         self._scene(0)
 
     def __repr__(self) -> str:
@@ -312,14 +341,43 @@ class World:
 
     # -- public API ----------------------------------------------------------
 
-    def interact(self, prompt: str, frame: int) -> None:
+    def prepare(self, prompt: str, index: int | None = None) -> Scene:
+        """Build the scene of an interaction without applying it; for :meth:`interact`.
+
+        Blocking, CPU-bound (15–40 ms at 1280×704, ≈ 5 ms at 320×176): meant
+        for an executor thread. ``index`` is the 1-based number the interaction
+        will have (the scene's seed depends on it); None means the next one,
+        ``len(self.interactions) + 1``, which reads the interaction list: pass
+        an explicit ``index`` when :meth:`interact` may run concurrently. With
+        an explicit ``index`` this is thread-safe and pure: it reads only what
+        construction fixed, touches no shared mutable state, and returns a new
+        immutable :class:`Scene`. Raises ``TypeError``/``ValueError`` for a
+        non-str prompt or an index that is not an int ≥ 1.
+        """
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be str, not {type(prompt).__name__}")
+        if index is None:
+            index = len(self._interactions) + 1
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index must be int, not {type(index).__name__}")
+        if index < 1:
+            raise ValueError(f"index must be >= 1, got {index}")
+        return Scene(self._token, int(index), prompt, self._build_scene(int(index), prompt))
+
+    def interact(self, prompt: str, frame: int, scene: Scene | None = None) -> None:
         """Change the scene to ``prompt`` from frame number ``frame`` on.
 
-        Non-blocking apart from building the new scene (15–40 ms at 1280×704,
-        done here rather than inside the first render that shows it). Frames
-        before ``frame`` are unaffected. Interactions at the same frame apply
-        in call order (the last wins). Raises ``TypeError``/``ValueError`` for
-        a non-str prompt or a negative/non-int frame.
+        Non-blocking with a matching prepared ``scene`` (installs it: a few µs).
+        Without one it builds the new scene here (15–40 ms at 1280×704) rather
+        than inside the first render that shows it. A ``scene`` from
+        :meth:`prepare` is used only if it was prepared by this world for this
+        prompt and for the number this interaction gets (the interactions so
+        far plus one, i.e. when it is appended in frame order); otherwise it is
+        ignored and the scene is built, so the pictures are the same either
+        way. Frames before ``frame`` are unaffected. Interactions at the same
+        frame apply in call order (the last wins). Raises
+        ``TypeError``/``ValueError`` for a non-str prompt, a negative/non-int
+        frame, or a ``scene`` that is not a :class:`Scene`.
         """
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, not {type(prompt).__name__}")
@@ -327,12 +385,22 @@ class World:
             raise TypeError(f"frame must be int, not {type(frame).__name__}")
         if frame < 0:
             raise ValueError(f"frame must be >= 0, got {frame}")
+        if scene is not None and not isinstance(scene, Scene):
+            raise TypeError(f"scene must be a Scene or None, not {type(scene).__name__}")
         index = bisect.bisect_right(self._frames, int(frame))
         self._frames.insert(index, int(frame))
         self._interactions.insert(index, (int(frame), prompt))
         if index != len(self._frames) - 1:
             # Inserted out of order: the scene numbering of later entries moved.
             self._scenes.clear()
+        elif (
+            scene is not None
+            and scene._owner is self._token
+            and scene.index == index + 1
+            and scene.prompt == prompt
+        ):
+            self._cache(index + 1, scene._data)
+            return
         self._scene(index + 1)
 
     def render(self, frame: int) -> RGBArray:
@@ -449,14 +517,22 @@ class World:
     def _scene(self, index: int) -> _Scene:
         scene = self._scenes.get(index)
         if scene is None:
-            if len(self._scenes) >= _MAX_CACHED_SCENES:
-                self._scenes.pop(next(iter(self._scenes)))
-            scene = self._build_scene(index)
-            self._scenes[index] = scene
+            current = self.prompt if index == 0 else self._interactions[index - 1][1]
+            scene = self._build_scene(index, current)
+            self._cache(index, scene)
         return scene
 
-    def _build_scene(self, index: int) -> _Scene:
-        current = self.prompt if index == 0 else self._interactions[index - 1][1]
+    def _cache(self, index: int, scene: _Scene) -> None:
+        if index not in self._scenes and len(self._scenes) >= _MAX_CACHED_SCENES:
+            self._scenes.pop(next(iter(self._scenes)))
+        self._scenes[index] = scene
+
+    def _build_scene(self, index: int, current: str) -> _Scene:
+        """Scene number ``index`` (0: the start prompt) showing ``current``.
+
+        Pure apart from reading what __init__ fixed (size, fps, prompt, image,
+        caption height): safe on any thread (see :meth:`prepare`).
+        """
         seed = _digest("scene", self.prompt, str(index), current)
         rng = np.random.default_rng(int.from_bytes(seed[:16], "big"))
         hue = seed[16] / 256.0
