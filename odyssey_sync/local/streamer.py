@@ -26,8 +26,9 @@ go through one queue and are handled strictly in arrival order by one task, so
 an ``ack_delay`` fault delays later replies too instead of reordering them.
 
 Threads: everything runs on the server's event loop; rendering + encoding of
-large frames, world construction, scene changes and image decoding run in the
-loop's default executor so that they do not stall ICE/DTLS/SCTP.
+large frames, world construction, the scenes of updates (``World.prepare``)
+and image decoding run in the loop's default executor so that they do not
+stall ICE/DTLS/SCTP.
 """
 
 from __future__ import annotations

@@ -279,9 +279,11 @@ class World:
     """A deterministic synthetic world of one stream.
 
     Not thread-safe: one streamer (or recording renderer) owns an instance
-    and calls it from one thread at a time. Nothing here blocks on I/O;
-    building a scene (construction, :meth:`interact`) takes 15–40 ms at
-    1280×704, composing a frame ≈ 0.2 ms (the streamer's budget is 4 ms).
+    and calls it from one thread at a time — except :meth:`prepare` with an
+    explicit index, which any thread may call at any time. Nothing here
+    blocks on I/O; building a scene (construction, :meth:`interact` without
+    a prepared scene, :meth:`prepare`) takes 15–40 ms at 1280×704, composing
+    a frame ≈ 0.2 ms (the streamer's budget is 4 ms).
 
     ``width``×``height`` must be even (yuv420p) and large enough for the
     stamp (at least 160×96). ``image`` is an optional H'×W'×3 (or ×4, or
