@@ -141,6 +141,39 @@ def test_offer_has_video_and_channels_but_no_audio() -> None:
 # --- stream lifecycle -------------------------------------------------------
 
 
+def test_rapid_updates_are_acknowledged_and_applied_in_arrival_order() -> None:
+    """Scenes are prepared off the loop; order and the reported frames stay exact."""
+    from odyssey_sync.local.world import applied_prompt
+
+    prompts = [f"scene {i}" for i in range(5)]
+
+    async def scenario(server: RealtimeServer) -> None:
+        peer = await connected(server)
+        try:
+            await peer.send({"type": "interactive_stream_start", "prompt": "a quay",
+                             "portrait": False})
+            await peer.expect("stream_started")
+            await peer.wait_frames(2)
+            for prompt in prompts:  # back to back, no waiting for acks
+                await peer.send({"type": "update", "prompt": prompt})
+            acks = [await peer.expect("update_acknowledged") for _ in prompts]
+            assert [a["prompt"] for a in acks] == [applied_prompt(p) for p in prompts]
+            for _ in range(100):  # every prepared scene installed (no end-of-stream flush)
+                if len(server.sink.names()) > len(prompts):
+                    break
+                await peer.wait_frames(1)
+            await peer.send({"type": "interactive_stream_end"})
+            await peer.expect("stream_ended")
+        finally:
+            await peer.close()
+        interacted = [c for n, c in server.sink.calls if n == "stream_interacted"]
+        assert [c[2] for c in interacted] == prompts
+        frames = [c[1] for c in interacted]
+        assert frames == sorted(frames)
+
+    run(scenario)
+
+
 def test_full_lifecycle_two_streams_on_one_connection() -> None:
     async def scenario(server: RealtimeServer) -> None:
         peer = await connected(server)
