@@ -195,11 +195,40 @@ async function run() {
     await step("cancelSimulation", () => client.cancelSimulation(job2.job_id ?? job2.jobId), { detail: (j) => `status=${j.status}` });
   }
   record("callbacks", events.includes("ack") && events.includes("ended"), events.join(","));
-  return finish(client);
+  await step("disconnect", () => client.disconnect());
+
+  // Two-phase auth: a key holder mints credentials, a key-less client connects with them.
+  const creds = await step("createClientCredentials", () => new Odyssey({ apiKey: API_KEY }).createClientCredentials(),
+    { detail: (c) => `sessionId=${c.sessionId} expiresIn=${c.expiresIn}` });
+  if (creds) {
+    const guest = new Odyssey();
+    const gv = document.getElementById("main");
+    const gc = frameCounter(gv);
+    const gm = await step("connectWithCredentials", () => guest.connectWithCredentials(creds, {}));
+    if (gm) {
+      gv.srcObject = gm;
+      await gv.play().catch(() => {});
+      await step("startStream (credentials client)", () => guest.startStream({ prompt: "A forest path" }));
+      await step("interact (credentials client)", () => guest.interact({ prompt: "It starts to rain" }));
+      await sleep(1000);
+      record("video frames (credentials client)", await until(() => gc.frames >= 5, 10000), `${gc.frames} frames`);
+      await step("endStream (credentials client)", () => guest.endStream());
+    }
+    await step("disconnect (credentials client)", () => guest.disconnect());
+  }
+
+  // A wrong key: the server answers 401, which JS 1.3.1 turns into a plain Error("Invalid API key").
+  try {
+    await withTimeout(new Odyssey({ apiKey: "ody_wrong_key_for_compat_check" }).connect({}), 30000, "connect");
+    record("connect with a wrong key", false, "connected?!");
+  } catch (e) {
+    record("connect with a wrong key", e?.message === "Invalid API key", `${e?.name}: ${e?.message}`);
+  }
+  return finish(null);
 }
 
 async function finish(client) {
-  await step("disconnect", () => client.disconnect());
+  if (client) await step("disconnect", () => client.disconnect());
   document.getElementById("done").textContent = JSON.stringify(results);
   console.log("COMPAT_DONE " + JSON.stringify(results));
 }
