@@ -325,6 +325,87 @@ async def run(url: str, key: str) -> Report:
     return rep
 
 
+async def run_faults(url: str, key: str, faults: Any) -> Report:
+    """Error paths through the server's fault switches (embedded server only)."""
+    import odyssey  # type: ignore[import-not-found]
+    from odyssey import Odyssey
+
+    rep = Report()
+
+    async def expect(name: str, setup: dict[str, Any], action: str, want: tuple[str, ...]) -> None:
+        faults.clear()
+        faults.set(**setup)
+        client = Odyssey(api_key=key, api_url=url, enable_telemetry=False)
+        try:
+            await asyncio.wait_for(client.connect(), STEP_TIMEOUT)
+            if action == "start":
+                await asyncio.wait_for(client.start_stream("fault check"), STEP_TIMEOUT)
+                await asyncio.wait_for(client.end_stream(), STEP_TIMEOUT)
+            got = "ok"
+        except Exception as exc:
+            got = f"{type(exc).__name__}: {exc}"
+        finally:
+            faults.clear()
+            await client.disconnect()
+        rep.record(name, got.split(":")[0] in want, got[:200])
+
+    await expect(
+        "503 twice, then allocation (queue polling)", {"refuse_sessions": 2}, "connect", ("ok",)
+    )
+    await expect(
+        "429 MONTHLY_LIMIT_REACHED",
+        {
+            "usage_error": {
+                "error": "MONTHLY_LIMIT_REACHED",
+                "message": "Monthly hours used up",
+                "action": "Upgrade plan",
+                "details": {"used_hours": 10, "limit_hours": 10},
+            },
+            "usage_error_count": 1,
+        },
+        "connect",
+        ("MonthlyLimitReachedError",),
+    )
+    await expect(
+        "403 on /auth/token (client maps by substring, §15.17)",
+        {"deny_auth": 1},
+        "connect",
+        ("OdysseyAuthError", "OdysseyConnectionError"),
+    )
+    await expect(
+        "WebSocket upgrade refused once (client retries)",
+        {"refuse_signaling": 1},
+        "connect",
+        ("ok",),
+    )
+    await expect(
+        "signaling error streamer_not_available",
+        {"signaling_error": "streamer_not_available"},
+        "connect",
+        ("OdysseyConnectionError",),
+    )
+    await expect(
+        "stream error quota_exceeded",
+        {"stream_error": "quota_exceeded"},
+        "start",
+        ("MonthlyLimitReachedError",),
+    )
+    await expect(
+        "stream error session_timeout",
+        {"stream_error": "session_timeout"},
+        "start",
+        ("StreamDurationExceededError",),
+    )
+    await expect(
+        "stream error lease_denied",
+        {"stream_error": "lease_denied"},
+        "start",
+        ("OdysseyStreamError",),
+    )
+    del odyssey
+    return rep
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -333,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", help="API key for --url")
     parser.add_argument(
         "--size", default="320x176", help="embedded server frame size (landscape WxH)"
+    )
+    parser.add_argument(
+        "--no-faults", action="store_true", help="skip the error paths (embedded server only)"
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -350,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             LocalOdyssey(size=(w, h), fps=15, data_dir=tmp) as server,
         ):
             rep = asyncio.run(run(server.url, server.api_key))
+            if not args.no_faults:
+                rep.rows += asyncio.run(run_faults(server.url, server.api_key, server.faults)).rows
 
     print()
     print("| step | result | detail |")
