@@ -854,3 +854,36 @@ def test_streamer_failure_is_reported_without_a_traceback(
         assert server.sink.names() == ["session_closed"]
 
     run(scenario)
+
+
+def test_slow_candidate_does_not_hold_up_signaling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate whose resolution never finishes (a browser's mDNS name) must not
+    delay later signaling messages: an image start over the WebSocket still gets
+    its stream_started, and closing cancels the pending candidate."""
+    from odyssey_sync.local import streamer as streamer_module
+
+    never = asyncio.Event()
+    pending: list[dict[str, Any]] = []
+
+    async def unresolvable(self: Any, message: dict[str, Any]) -> None:
+        pending.append(message)
+        await never.wait()
+
+    monkeypatch.setattr(streamer_module.StreamerSession, "add_remote_candidate", unresolvable)
+
+    async def scenario(server: RealtimeServer) -> None:
+        peer = await connected(server)
+        try:
+            await peer.send_ws({"type": "ice_candidate", "sdpMid": "0", "sdpMLineIndex": 0,
+                                "candidate": "candidate:1 1 udp 2122260223 "
+                                "4f6b1c0e-0000-4000-8000-000000000000.local 54321 typ host"})
+            url, _ = png_data_url()
+            await peer.send_ws({"type": "interactive_stream_start", "prompt": "a harbour",
+                                "portrait": False, "input_image_base64": url})
+            started = await peer.expect("stream_started")
+            assert started["stream_id"]
+            assert len(pending) == 1  # the candidate was handed over and is still pending
+        finally:
+            await peer.close()
+
+    run(scenario)

@@ -117,7 +117,7 @@ class _Connection:
                 log.info("session %s: %s", self.session_id, exc)
                 await self.ws.send_str(json.dumps({"type": "error", "reason": "invalid_answer"}))
         elif kind == "ice_candidate":
-            await self.streamer.add_remote_candidate(message)
+            self.streamer.trickle_candidate(message)
         elif kind == "interactive_stream_start":
             self.streamer.submit(message, via_websocket=True)
         elif kind == "client_disconnecting":

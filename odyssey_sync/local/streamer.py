@@ -530,6 +530,16 @@ class StreamerSession:
         for message in early:
             await self.add_remote_candidate(message)
 
+    def trickle_candidate(self, message: dict[str, Any]) -> None:
+        """Add a trickled candidate in the background (loop thread, returns at once).
+
+        Browsers trickle mDNS (``<uuid>.local``) host candidates that aioice may
+        spend seconds failing to resolve; awaited inline, every later signaling
+        message (an image start, ``client_disconnecting``) would wait behind
+        them. The task is tracked and cancelled by :meth:`close`.
+        """
+        self._spawn(self.add_remote_candidate(message))
+
     async def add_remote_candidate(self, message: dict[str, Any]) -> None:
         """Add one trickled client candidate; unusable ones are skipped (logged).
 
