@@ -8,7 +8,7 @@
 // Exit code: number of failed steps (0 = all passed). Needs `npm install && npm run build` first,
 // Chromium at $CHROMIUM (default /usr/bin/chromium), and python3 with odyssey_sync importable
 // when the server is self-started (run from the repository root or set PYTHONPATH).
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -76,6 +76,29 @@ async function startPageServer() {
   return { origin: `http://localhost:${server.address().port}`, close: () => new Promise((r) => server.close(r)) };
 }
 
+// Decodes the stamps of pictures the browser drew (PNG data URLs) with odyssey_sync's decoder.
+function checkStamps(dataUrls) {
+  const code = [
+    "import base64, io, json, sys",
+    "import numpy as np",
+    "from PIL import Image",
+    "from odyssey_sync.local.stamp import decode_stamp_raw",
+    "out = []",
+    "for url in json.load(sys.stdin):",
+    "    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(',', 1)[1]))).convert('RGB'))",
+    "    raw = decode_stamp_raw(img)",
+    "    out.append(None if raw is None else raw[0])",
+    "print(json.dumps(out))",
+  ].join("\n");
+  const r = spawnSync("python3", ["-c", code], {
+    input: JSON.stringify(dataUrls), cwd: opt("--repo", join(here, "..", "..")), encoding: "utf8",
+  });
+  if (r.status !== 0) return { step: "stamps of browser-decoded frames", result: "FAIL", detail: (r.stderr || "").slice(-200) };
+  const got = JSON.parse(r.stdout);
+  const ok = got.length > 0 && got.every((f) => f !== null);
+  return { step: "stamps of browser-decoded frames", result: ok ? "PASS" : "FAIL", detail: `frame numbers ${JSON.stringify(got)}` };
+}
+
 async function main() {
   let api = opt("--api"), key = opt("--key"), local = null;
   if (!api) { local = await startLocalServer(); ({ api, key } = local); }
@@ -89,6 +112,7 @@ async function main() {
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", headless: true, args,
   });
   const rows = [];
+  const frames = [];
   let done = false;
   try {
     const page = browser.pages()[0] ?? await browser.newPage();
@@ -96,6 +120,7 @@ async function main() {
       page.on("console", (msg) => {
         const text = msg.text();
         if (text.startsWith("COMPAT_DONE ")) { done = true; resolve(); }
+        else if (text.startsWith("COMPAT_FRAME ")) frames.push(text.slice(13));
         else if (text.startsWith("COMPAT ")) {
           const row = JSON.parse(text.slice(7));
           rows.push(row);
@@ -122,6 +147,7 @@ async function main() {
     await page_.close();
     if (local) await local.stop();
   }
+  if (frames.length) rows.push(checkStamps(frames));
   const version = JSON.parse(await readFile(join(here, "node_modules/@odysseyml/odyssey/package.json"), "utf8")).version;
   console.log(`\n@odysseyml/odyssey ${version}, ${browser.browser()?.version?.() ?? "chromium"}${flag("--no-mdns") ? ", mDNS off" : ", mDNS host candidates (default)"}`);
   console.log("| step | result | detail |\n|---|---|---|");

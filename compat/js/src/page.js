@@ -123,6 +123,14 @@ async function run() {
   const ok = await until(() => counter.frames >= 10, 10000);
   record("video frames presented (text stream)", ok, `${counter.frames} frames, ${counter.width}x${counter.height}`);
   record("WebRTC stats", true, await rtcSummary(client.pc));
+  // Hand a few decoded pictures, at native size, to the driver, which checks their stamps.
+  for (let i = 0; i < 3; i++) {
+    const canvas = document.createElement("canvas");
+    canvas.width = mainVideo.videoWidth; canvas.height = mainVideo.videoHeight;
+    canvas.getContext("2d").drawImage(mainVideo, 0, 0);
+    console.log("COMPAT_FRAME " + canvas.toDataURL("image/png"));
+    await sleep(150);
+  }
   await step("endStream", () => client.endStream());
 
   const file = await makeImage();
