@@ -56,7 +56,7 @@ __all__ = ["main"]
 
 PROG = "odyssey-sync"
 
-#: exit codes (documented in the module docstring and docs/sections/55-cli.md)
+#: exit codes (documented in the module docstring and the README (Command line))
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

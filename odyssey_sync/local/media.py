@@ -9,7 +9,7 @@ frame / fps``, so a test can decode a recording and compare it frame by
 frame with what it received.
 
 Everything here is blocking and CPU-bound (≈ real time ÷ 5 at 1280×704 on
-this machine, see ``docs/sections/35-world.md``): the server runs it in an
+this machine, see the README (The world, frame stamps and recordings)): the server runs it in an
 executor, never on its event loop. Files appear atomically: each output is
 written to a temporary file in the target directory and renamed on success,
 and nothing is left behind on failure.

@@ -31,7 +31,7 @@ composes the same picture straight into the planes of a new yuv420p
 (:mod:`odyssey_sync.local.stamp`) there. Band offsets and object positions are
 even, so both compositions agree pixel for pixel in luma and differ only in
 how chroma is rounded at object edges. Measured figures are in
-``docs/sections/35-world.md``.
+the README (The world, frame stamps and recordings).
 
 Thread-safety: a :class:`World` is used by one thread at a time (the
 streamer applies interactions between two renders on its render thread),
