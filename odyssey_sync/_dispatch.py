@@ -141,7 +141,7 @@ class Dispatcher:
         self._latencies: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
         self._shared: tuple[FrameSource, Callable[[Any], None], str] | None = None
         self._shared_pending = False
-        self._shared_last_seq = -1
+        self._shared_last_seq = 0  # ring seqs start at 1
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -286,7 +286,7 @@ class Dispatcher:
     def _run_video(
         self, source: FrameSource, callback: Callable[[Any], None], poll: float, label: str
     ) -> None:
-        last_seq = -1
+        last_seq = 0  # ring seqs start at 1
         while not self._video_stop.is_set():
             try:
                 frame = source.wait_newer(last_seq, timeout=poll)
@@ -294,6 +294,8 @@ class Dispatcher:
                 log.debug("frame source failed; video worker ends", exc_info=True)
                 return
             if frame is None:
+                if getattr(source, "closed", False):
+                    return  # a closed ring answers at once: waiting on it again would spin
                 continue
             try:
                 self._deliver(frame, callback, label, last_seq)
@@ -305,7 +307,7 @@ class Dispatcher:
         self, frame: Any, callback: Callable[[Any], None], label: str, last_seq: int
     ) -> None:
         started = time.monotonic()
-        skipped = max(0, frame.seq - last_seq - 1) if last_seq >= 0 else 0
+        skipped = max(0, frame.seq - last_seq - 1) if last_seq > 0 else 0
         with self._stats_lock:
             self._delivered += 1
             self._skipped += skipped

@@ -732,7 +732,12 @@ class FrameRing:
             if timeout < 0:
                 raise ValueError(f"timeout must be >= 0, not {timeout}")
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or self._seq > after_seq, timeout)
+            # A frame must exist too: with after_seq < 0 on an empty ring (seq 0) the
+            # seq test alone is already true, and callers polling in a loop would spin.
+            self._cond.wait_for(
+                lambda: self._closed or (self._latest is not None and self._seq > after_seq),
+                timeout,
+            )
             slot = self._latest
             if self._closed or slot is None or self._seq <= after_seq:
                 return None

@@ -136,16 +136,16 @@ def test_video_worker_is_latest_wins_and_releases() -> None:
         gate.wait(2.0)
 
     d.start_video(ring, slow)
-    ring.write(0)
+    ring.write(1)
     assert first.wait(2.0)
-    for seq in range(1, 6):  # written while the callback is busy
+    for seq in range(2, 7):  # written while the callback is busy
         ring.write(seq)
     gate.set()
     deadline = time.monotonic() + 2.0
-    while got[-1] != 5 and time.monotonic() < deadline:
+    while got[-1] != 6 and time.monotonic() < deadline:
         time.sleep(0.01)
     d.stop()
-    assert got == [0, 5]
+    assert got == [1, 6]
     stats = d.stats()
     assert stats.delivered == 2 and stats.skipped == 4
     assert all(f.released for f in ring.handed)
@@ -158,7 +158,7 @@ def test_video_callback_error_is_reported_and_frame_released() -> None:
     d = Dispatcher("t", on_callback_error=lambda e, n: errors.append(n))
     d.start()
     d.start_video(ring, lambda f: 1 / 0)
-    ring.write(0)
+    ring.write(1)
     deadline = time.monotonic() + 2.0
     while not errors and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -173,13 +173,38 @@ def test_shared_worker_coalesces_frames_on_event_thread() -> None:
     d.start()
     got: list[tuple[int, str]] = []
     d.start_video(ring, lambda f: got.append((f.seq, threading.current_thread().name)))
-    for seq in range(3):
+    for seq in range(1, 4):
         ring.write(seq)
         d.notify_frame()
     d.stop()
-    assert got and got[-1][0] == 2
+    assert got and got[-1][0] == 3
     assert {name for _, name in got} == {"t-events"}
     assert all(f.released for f in ring.handed)
+
+
+def test_idle_video_worker_waits_instead_of_spinning() -> None:
+    """Before the first frame the worker must block in wait_newer, not poll in a
+    tight loop (which starved every other thread of the GIL while connecting)."""
+    from odyssey_sync._frames import FrameRing
+
+    ring = FrameRing()
+    calls = 0
+    real_wait = ring.wait_newer
+
+    def counting_wait(after_seq: int, timeout: float | None = None) -> object:
+        nonlocal calls
+        calls += 1
+        return real_wait(after_seq, timeout)
+
+    ring.wait_newer = counting_wait  # type: ignore[method-assign]
+    d = Dispatcher("t")
+    d.start()
+    d.start_video(ring, lambda f: None)
+    time.sleep(0.5)
+    d.stop()
+    ring.close()
+    # The worker wakes once per poll interval (0.25 s by default) to check for stop.
+    assert calls <= 10, f"idle video worker called wait_newer {calls} times in 0.5 s"
 
 
 def test_percentile() -> None:

@@ -310,6 +310,30 @@ def test_wait_newer(sources: list[tuple[av.VideoFrame, U8]]) -> None:
     got[0].release()
 
 
+def test_wait_newer_on_an_empty_ring_waits_for_the_first_frame(
+    sources: list[tuple[av.VideoFrame, U8]],
+) -> None:
+    """after_seq below the first seq (e.g. -1) must still wait for a frame to exist."""
+    ring = FrameRing()
+    assert ring.wait_newer(-1, timeout=0) is None
+    got: list[VideoFrame | None] = []
+    waiting = threading.Event()
+
+    def waiter() -> None:
+        waiting.set()
+        got.append(ring.wait_newer(-1, timeout=30))
+
+    t = threading.Thread(target=waiter, name="test-wait-first")
+    t.start()
+    waiting.wait(5)
+    time.sleep(0.05)  # let the waiter block before the write
+    ring.write(sources[0][0])
+    t.join(10)
+    assert not t.is_alive()
+    assert got[0] is not None and got[0].seq == 1
+    got[0].release()
+
+
 def test_close_wakes_waiters_and_stops_everything(
         sources: list[tuple[av.VideoFrame, U8]]) -> None:
     ring = FrameRing()
