@@ -61,6 +61,7 @@ import requests
 
 from ._deadline import Deadline
 from ._loop import LoopThread
+from .client import ClientStats
 from .config import PIXEL_FORMATS
 from .errors import OdysseyAuthError, OdysseyConnectionError, OdysseyTimeoutError
 
@@ -94,33 +95,14 @@ _LIVE: weakref.WeakSet[SpectatorConnection] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
-class SpectatorStats:
-    """Frame counters of one spectator connection (a snapshot; same fields as
-    ``Odyssey.stats``).
+class SpectatorStats(ClientStats):
+    """Frame counters of one spectator connection (a snapshot).
 
-    Attributes:
-        received: decoded frames that reached the ring.
-        delivered: frames handed to ``on_video_frame``.
-        dropped: decoded frames the ring discarded because every slot was held.
-        skipped: frames superseded before the callback got to them (latest-wins).
-        fps: received frames per second since the first one.
-        convert_us_p50/p99: decoded picture → ring slot conversion, microseconds.
-        delivery_us_p50/p99: frame published → callback start, microseconds.
-        callback_errors: ``on_video_frame`` / ``on_disconnected`` calls that raised.
-        events_dropped: events discarded because the event queue was full.
+    The fields are those of :class:`~odyssey_sync.ClientStats`, with two
+    readings of its own: ``fps`` counts received frames per second since the
+    first one, and ``callback_errors`` covers ``on_video_frame`` and
+    ``on_disconnected``.
     """
-
-    received: int = 0
-    delivered: int = 0
-    dropped: int = 0
-    skipped: int = 0
-    fps: float = 0.0
-    convert_us_p50: float = 0.0
-    convert_us_p99: float = 0.0
-    delivery_us_p50: float = 0.0
-    delivery_us_p99: float = 0.0
-    callback_errors: int = 0
-    events_dropped: int = 0
 
     @classmethod
     def collect(
