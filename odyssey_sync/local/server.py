@@ -36,6 +36,7 @@ from . import auth
 from .api import LocalBackend, build_app
 from .context import ServerConfig, ServerContext
 from .faults import Faults
+from .signaling import REALTIME_KEY, RealtimeHub
 from .store import Row, Store
 
 __all__ = ["LocalOdyssey", "default_data_dir"]
@@ -212,6 +213,14 @@ class LocalOdyssey:
     def backend(self) -> LocalBackend:
         """The HTTP half's state object (advanced use and tests)."""
         return self._require_backend()
+
+    @property
+    def realtime(self) -> RealtimeHub:
+        """The real-time half: live signaling connections and their streamers
+        (advanced use and tests; its objects belong to the server's loop thread)."""
+        if self._runner is None:
+            raise RuntimeError("the server has not been started")
+        return self._runner.app[REALTIME_KEY]
 
     def _require_backend(self) -> LocalBackend:
         if self._backend is None:
