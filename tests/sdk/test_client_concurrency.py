@@ -15,7 +15,7 @@ import pytest
 from odyssey_sync.client import Odyssey
 from odyssey_sync.local import LocalOdyssey
 from odyssey_sync.local.stamp import decode_stamp
-from tests.test_client_e2e import assert_in_order
+from tests.support import assert_in_order
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,7 @@ FPS = 15
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
-    from tests.test_client_e2e import warm_up
+    from tests.support import warm_up
 
     with LocalOdyssey(
         size=(320, 176), fps=FPS, capacity=4, recordings=False,

@@ -35,7 +35,7 @@ FAST_RETRY = {"initial_retry_delay": 0.05, "max_retry_delay": 0.1}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
-    from tests.test_client_e2e import warm_up
+    from tests.support import warm_up
 
     with LocalOdyssey(
         size=(320, 176), fps=15, capacity=4, recordings=False,

@@ -21,6 +21,7 @@ from odyssey_sync.errors import OdysseyConnectionError, OdysseyStreamError, Odys
 from odyssey_sync.local import LocalOdyssey
 from odyssey_sync.local.stamp import decode_stamp
 from odyssey_sync.types import ClientCredentials, ConnectionStatus
+from tests.support import assert_in_order, warm_up
 
 pytestmark = pytest.mark.e2e
 
@@ -37,16 +38,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
         yield srv
 
 
-def warm_up(srv: LocalOdyssey) -> None:
-    """Run one stream before the per-test thread-leak snapshot, so that first-use
-    costs (codec set-up, imports) do not land in a test. The server's executor
-    threads are started by ``LocalOdyssey.start()`` itself."""
-    with Odyssey(srv.api_key, api_url=srv.url) as c:
-        c.connect()
-        c.start_stream("warm up")
-        c.end_stream()
-
-
 @pytest.fixture(autouse=True)
 def clean_faults(server: LocalOdyssey) -> Iterator[None]:
     server.faults.clear()
@@ -59,21 +50,6 @@ def client(server: LocalOdyssey) -> Iterator[Odyssey]:
     c = Odyssey(server.api_key, api_url=server.url, connect_timeout=20)
     yield c
     c.close()
-
-
-def assert_in_order(numbers: list[int], *, at_least: int) -> None:
-    """Stamped frame numbers strictly increase, after at most one restart.
-
-    Frames of the idle picture the server sends before a stream starts carry
-    their own numbers and can still be in flight when the stream's frame 0
-    arrives: one restart at the beginning is expected, nothing else.
-    """
-    restarts = [i for i in range(1, len(numbers)) if numbers[i] <= numbers[i - 1]]
-    assert len(restarts) <= 1, numbers
-    tail = numbers[restarts[0]:] if restarts else numbers
-    if restarts:
-        assert tail[0] == 0, numbers  # the restart is the stream's first frame
-    assert tail == sorted(set(tail)) and len(tail) >= at_least, numbers
 
 
 class Recorder:

@@ -1,0 +1,31 @@
+"""Helpers shared by test modules (not a test module: pytest collects nothing here)."""
+
+from __future__ import annotations
+
+from odyssey_sync.client import Odyssey
+from odyssey_sync.local import LocalOdyssey
+
+
+def warm_up(srv: LocalOdyssey) -> None:
+    """Run one stream before the per-test thread-leak snapshot, so that first-use
+    costs (codec set-up, imports) do not land in a test. The server's executor
+    threads are started by ``LocalOdyssey.start()`` itself."""
+    with Odyssey(srv.api_key, api_url=srv.url) as c:
+        c.connect()
+        c.start_stream("warm up")
+        c.end_stream()
+
+
+def assert_in_order(numbers: list[int], *, at_least: int) -> None:
+    """Stamped frame numbers strictly increase, after at most one restart.
+
+    Frames of the idle picture the server sends before a stream starts carry
+    their own numbers and can still be in flight when the stream's frame 0
+    arrives: one restart at the beginning is expected, nothing else.
+    """
+    restarts = [i for i in range(1, len(numbers)) if numbers[i] <= numbers[i - 1]]
+    assert len(restarts) <= 1, numbers
+    tail = numbers[restarts[0]:] if restarts else numbers
+    if restarts:
+        assert tail[0] == 0, numbers  # the restart is the stream's first frame
+    assert tail == sorted(set(tail)) and len(tail) >= at_least, numbers
