@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import requests
+
 from odyssey_sync.client import Odyssey
 from odyssey_sync.local import LocalOdyssey
 
@@ -29,3 +33,17 @@ def assert_in_order(numbers: list[int], *, at_least: int) -> None:
     if restarts:
         assert tail[0] == 0, numbers  # the restart is the stream's first frame
     assert tail == sorted(set(tail)) and len(tail) >= at_least, numbers
+
+
+def server_state(srv: LocalOdyssey) -> dict[str, Any]:
+    """The local server's admin view: ``capacity``, ``allocations``, recent ``streams``."""
+    response = requests.get(srv.url + "/_admin/state", timeout=10,
+                            headers={"Authorization": f"Bearer {srv.api_key}"})
+    response.raise_for_status()
+    state: dict[str, Any] = response.json()
+    return state
+
+
+def live_stream_ids(srv: LocalOdyssey) -> list[str]:
+    """Ids of the streams the local server has not ended yet."""
+    return [s["stream_id"] for s in server_state(srv)["streams"] if s["ended_at"] is None]
