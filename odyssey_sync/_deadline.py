@@ -1,12 +1,15 @@
-"""One deadline shared by the steps of one blocking operation."""
+"""Timeouts, once: the :class:`Deadline` shared by the steps of one blocking
+operation, the ``DEFAULT`` sentinel and the checking of ``timeout=`` arguments."""
 
 from __future__ import annotations
 
+import enum
 import time
+from typing import Any
 
 from .errors import OdysseyTimeoutError
 
-__all__ = ["Deadline"]
+__all__ = ["DEFAULT", "Deadline", "Timeout", "check_timeout", "resolve_timeout"]
 
 
 class Deadline:
@@ -47,3 +50,38 @@ class Deadline:
         if left is None:
             return seconds
         return left if seconds is None else min(seconds, left)
+
+
+class _Default(enum.Enum):
+    TOKEN = "the configured default"
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: "use the timeout from the configuration" (the default of ``timeout=`` arguments)
+DEFAULT = _Default.TOKEN
+
+#: what a ``timeout=`` argument may be
+Timeout = float | None | _Default
+
+
+def check_timeout(value: Any, name: str = "timeout") -> float | None:
+    """A validated timeout: ``None`` or a number of seconds ≥ 0.
+
+    Raises:
+        TypeError: not a number (bools are refused too).
+        ValueError: negative or NaN.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
+    if value != value or value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return float(value)
+
+
+def resolve_timeout(value: Any, default: float | None, name: str = "timeout") -> float | None:
+    """``DEFAULT`` → ``default``; anything else through :func:`check_timeout`."""
+    return default if value is DEFAULT else check_timeout(value, name)
