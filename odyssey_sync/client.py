@@ -74,8 +74,8 @@ from .errors import (
 from .types import BroadcastInfo, ClientCredentials, ConnectionStatus, StreamerCapabilities
 
 if TYPE_CHECKING:
-    from ._api import ApiClient
     from ._frames import FrameRing, VideoFrame
+    from ._rest import ApiClient
     from ._rtc import RtcPeer
 
 try:  # recordings, simulations, credentials (the REST layer's mixin)
@@ -357,7 +357,7 @@ class Odyssey(OfflineMethods):
         _LIVE.add(self)
 
     def _make_api(self) -> ApiClient:
-        from ._api import ApiClient
+        from ._rest import ApiClient
 
         return ApiClient(
             self._config.api_url,
