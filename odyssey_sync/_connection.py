@@ -42,18 +42,19 @@ from ._protocol import (
     parse_streamer_message,
 )
 from ._rtc import FrameSink, RtcPeer
-from ._signaling import SignalingChannel, SignalingHandshakeError, client_socket_url
+from ._signaling import SignalingChannel, client_socket_url
 from .config import ClientConfig
 from .errors import (
     OdysseyConnectionError,
     OdysseyError,
     OdysseyTimeoutError,
+    SignalingHandshakeError,
     stream_error_from_reason,
 )
 from .types import ClientCredentials, StreamerCapabilities
 
 if TYPE_CHECKING:
-    from ._api import ApiClient
+    from ._rest import ApiClient
 
 __all__ = ["Connection", "ConnectionOwner"]
 

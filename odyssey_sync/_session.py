@@ -49,8 +49,8 @@ from .errors import (
 from .types import BroadcastInfo, ClientCredentials, ClientStats, ConnectionStatus
 
 if TYPE_CHECKING:
-    from ._api import ApiClient
     from ._frames import FrameRing, VideoFrame
+    from ._rest import ApiClient
     from ._resume import Resumer
 
 __all__ = ["FrameFeed", "Handlers", "Session", "StreamRequest", "error_text"]

@@ -69,8 +69,8 @@ from .types import BroadcastInfo, ClientCredentials, ClientStats, ConnectionStat
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._api import ApiClient
     from ._frames import VideoFrame
+    from ._rest import ApiClient
 
 __all__ = ["DEFAULT", "MAX_PROMPT_CHARS", "ClientStats", "Odyssey"]
 
@@ -121,7 +121,7 @@ class Odyssey(OfflineMethods):
         _lifecycle.register(self)
 
     def _make_api(self) -> ApiClient:
-        from ._api import ApiClient
+        from ._rest import ApiClient
 
         return ApiClient(
             self._config.api_url,

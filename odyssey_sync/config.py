@@ -12,9 +12,32 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-__all__ = ["DEFAULT_API_URL", "PIXEL_FORMATS", "ClientConfig"]
+__all__ = [
+    "DEFAULT_API_URL",
+    "MAX_LIST_LIMIT",
+    "MAX_LIST_OFFSET",
+    "MAX_PROMPT_CHARS",
+    "MAX_SCRIPTS_PER_BATCH",
+    "MAX_SCRIPT_MS",
+    "PIXEL_FORMATS",
+    "ClientConfig",
+]
 
+#: The Odyssey API, used when neither ``api_url=`` nor ``$ODYSSEY_API_URL`` is set.
 DEFAULT_API_URL = "https://api.odyssey.ml"
+
+# Documented limits, checked client-side before any network call (the message
+# of the ``ValueError`` names the limit). They match the embedded server's.
+#: Longest prompt, in characters (``start_stream``, ``interact``, script prompts).
+MAX_PROMPT_CHARS = 10_000
+#: Longest simulation script: the ``timestamp_ms`` of its ``end`` entry (10 min).
+MAX_SCRIPT_MS = 10 * 60 * 1000
+#: Most scripts in one batch (``simulate(scripts=[...])``).
+MAX_SCRIPTS_PER_BATCH = 16
+#: Largest page of a list call (``limit=``); PROTOCOL §3.8–3.9.
+MAX_LIST_LIMIT = 100
+#: Largest ``offset=`` of a list call (the range of a signed 64-bit integer).
+MAX_LIST_OFFSET = 2**63 - 1
 
 #: Pixel layouts the frame ring can produce (``VideoFrame.data`` channel order).
 PIXEL_FORMATS = ("rgb24", "bgr24", "rgba")

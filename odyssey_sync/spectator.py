@@ -52,17 +52,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import quote, urljoin, urlsplit, urlunsplit
-
-import requests
+from urllib.parse import urlsplit
 
 from . import _lifecycle
 from ._deadline import Deadline, check_timeout
+from ._http import HttpClient, strip_query
 from ._loop import LoopThread
 from ._protocol import check_bool
 from ._rtc import WhepPeer
+from ._whep import DELETE_TIMEOUT, delete_resource, fetch_ice_servers, post_offer
 from .config import PIXEL_FORMATS
-from .errors import OdysseyAuthError, OdysseyConnectionError, OdysseyTimeoutError
+from .errors import OdysseyConnectionError, OdysseyTimeoutError
 from .types import ClientStats
 
 if TYPE_CHECKING:
@@ -79,10 +79,7 @@ log = logging.getLogger("odyssey_sync.spectator")
 
 #: Step budgets of PROTOCOL §2.2 ("WHEP timings (Py)"); each is further
 #: clamped by the caller's overall ``timeout``.
-ICE_CONFIG_TIMEOUT = 5.0
 ICE_GATHERING_TIMEOUT = 5.0
-POST_TIMEOUT = 10.0
-DELETE_TIMEOUT = 5.0
 #: With ``timeout=None`` the wait for ``connected`` still ends: ICE gives up on
 #: its own after its checks fail, but we do not rely on that alone.
 CONNECT_CAP = 60.0
@@ -99,149 +96,6 @@ class SpectatorStats(ClientStats):
     ``on_video_frame`` and ``on_disconnected``; ``resumes`` stays zero."""
 
 
-# --------------------------------------------------------------------------- HTTP side
-
-
-def _redact(url: str) -> str:
-    """``url`` without its query string (which carries the spectator token)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
-
-
-def whep_endpoint(webrtc_url: str, token: str) -> str:
-    """The WHEP POST URL: ``{webrtc_url}/whep?token=<token, fully escaped>``.
-
-    Every reserved character of the token is escaped (``/`` included, unlike
-    the reference client), so a token can never change the path or query.
-    """
-    return f"{webrtc_url.rstrip('/')}/whep?token={quote(token, safe='')}"
-
-
-def parse_ice_servers(body: Any) -> list[dict[str, Any]]:
-    """``{"iceServers": [...]}`` → ``[{"urls": [...], "username"?, "credential"?}]``.
-
-    Accepts ``urls`` (string or list) or the legacy ``url``; keeps TURN
-    credentials (the reference client drops them, so relays never work);
-    silently skips malformed entries.
-    """
-    servers = body.get("iceServers") if isinstance(body, dict) else None
-    if not isinstance(servers, list):
-        return []
-    out: list[dict[str, Any]] = []
-    for entry in servers:
-        if not isinstance(entry, dict):
-            continue
-        urls = entry.get("urls", entry.get("url"))
-        if isinstance(urls, str):
-            urls = [urls]
-        if not isinstance(urls, list):
-            continue
-        urls = [u for u in urls if isinstance(u, str) and u]
-        if not urls:
-            continue
-        server: dict[str, Any] = {"urls": urls}
-        for key in ("username", "credential"):
-            if isinstance(entry.get(key), str):
-                server[key] = entry[key]
-        out.append(server)
-    return out
-
-
-def fetch_ice_servers(
-    session: requests.Session, webrtc_url: str, deadline: Deadline
-) -> list[dict[str, Any]]:
-    """``GET <origin>/config``; any failure → ``[]`` (host candidates only).
-
-    Blocking, caller's thread, at most ``ICE_CONFIG_TIMEOUT`` (and the
-    deadline). A failure is logged, not raised: on one machine or a LAN host
-    candidates suffice, and a public STUN fallback only slows gathering down
-    where there is no internet.
-    """
-    url = _origin(webrtc_url) + "/config"
-    timeout = deadline.clamp(ICE_CONFIG_TIMEOUT)
-    if not timeout:  # out of time: the caller's next step reports the timeout
-        return []
-    try:
-        response = session.get(url, timeout=timeout, headers={"Cache-Control": "no-store"})
-        if not response.ok:
-            log.warning("ICE config %s answered HTTP %d; using host candidates only",
-                        url, response.status_code)
-            return []
-        return parse_ice_servers(response.json())
-    except (requests.RequestException, ValueError) as exc:
-        log.info("ICE config %s failed (%s); using host candidates only",
-                    url, type(exc).__name__)
-        return []
-
-
-def post_offer(
-    session: requests.Session, webrtc_url: str, token: str, offer_sdp: str, deadline: Deadline
-) -> tuple[str, str | None]:
-    """POST the offer; returns ``(answer_sdp, resource_url or None)``.
-
-    Blocking, caller's thread, at most ``POST_TIMEOUT`` (and the deadline).
-
-    Raises:
-        OdysseyAuthError: 401 (also a ``ValueError``), the token was refused.
-        OdysseyConnectionError: 404 (unknown stream) or any other non-2xx status
-            (``status`` set), or the request failed on the network.
-        OdysseyTimeoutError: no answer in time.
-    """
-    url = whep_endpoint(webrtc_url, token)
-    shown = _redact(url)
-    deadline.check("connect_to_stream")
-    try:
-        response = session.post(
-            url,
-            data=offer_sdp.encode(),
-            headers={"Content-Type": "application/sdp", "Accept": "application/sdp"},
-            timeout=deadline.clamp(POST_TIMEOUT),
-            allow_redirects=False,
-        )
-    except requests.Timeout:
-        # ``from None``: the requests exception text contains the URL with the token.
-        raise OdysseyTimeoutError(f"WHEP offer to {shown} timed out") from None
-    except requests.RequestException as exc:
-        raise OdysseyConnectionError(
-            f"WHEP offer to {shown} failed: {type(exc).__name__}"
-        ) from None
-    status = response.status_code
-    if status == 401:
-        raise OdysseyAuthError("spectator token refused (401)", status=401)
-    if status == 404:
-        raise OdysseyConnectionError(f"broadcast stream not found (404): {shown}", status=404)
-    if not 200 <= status < 300:
-        raise OdysseyConnectionError(
-            f"WHEP offer to {shown} failed with HTTP {status}", status=status
-        )
-    answer = response.text
-    if "v=0" not in answer[:64]:
-        raise OdysseyConnectionError(f"WHEP server at {shown} did not answer with SDP",
-                                     status=status)
-    location = response.headers.get("Location")
-    resource = urljoin(url, location) if location else None
-    if resource is None:
-        log.warning("WHEP server sent no Location header; leaving will not free the viewer slot")
-    return answer, resource
-
-
-def delete_resource(session: requests.Session, resource: str, timeout: float) -> bool:
-    """``DELETE <resource>`` (no auth); True on 2xx. Never raises; bounded."""
-    try:
-        response = session.delete(resource, timeout=timeout)
-    except requests.RequestException as exc:
-        log.debug("WHEP DELETE %s failed: %s", _redact(resource), type(exc).__name__)
-        return False
-    if not response.ok and response.status_code != 404:
-        log.debug("WHEP DELETE %s answered HTTP %d", _redact(resource), response.status_code)
-    return bool(response.ok)
-
-
 def _validate(
     webrtc_url: Any,
     spectator_token: Any,
@@ -255,7 +109,7 @@ def _validate(
         raise TypeError(f"webrtc_url must be a str, not {type(webrtc_url).__name__}")
     parts = urlsplit(webrtc_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"webrtc_url must be an http(s) URL, got {_redact(webrtc_url)!r}")
+        raise ValueError(f"webrtc_url must be an http(s) URL, got {strip_query(webrtc_url)!r}")
     if not isinstance(spectator_token, str):
         raise TypeError(f"spectator_token must be a str, not {type(spectator_token).__name__}")
     if not spectator_token.strip():
@@ -291,7 +145,7 @@ class SpectatorConnection:
         self._ended = threading.Event()
         self._resource: str | None = None
         self._peer: WhepPeer | None = None
-        self._http = requests.Session()
+        self._http = HttpClient()
         self._loop = LoopThread(f"odyssey-spectator-loop-{self._id}")
         self._on_disconnected: DisconnectedCallback | None = None
         self._disconnect_notified = False
@@ -505,7 +359,7 @@ class SpectatorConnection:
     # ---------------------------------------------------------------- connect
     def _connect(self, webrtc_url: str, token: str, deadline: Deadline,
                  low_latency: bool) -> None:
-        self._url_shown = _redact(webrtc_url)
+        self._url_shown = strip_query(webrtc_url)
         started = time.monotonic()
 
         def step(name: str) -> None:

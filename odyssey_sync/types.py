@@ -15,12 +15,12 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
-    "ClientStats",
-    "ResumeStats",
     "BroadcastInfo",
     "ClientCredentials",
+    "ClientStats",
     "ConnectionStatus",
     "Recording",
+    "ResumeStats",
     "SimulationJobDetail",
     "SimulationJobInfo",
     "SimulationJobStatus",

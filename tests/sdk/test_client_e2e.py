@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from odyssey_sync._api import ApiClient
 from odyssey_sync._deadline import Deadline
+from odyssey_sync._rest import ApiClient
 from odyssey_sync.client import Odyssey
 from odyssey_sync.errors import OdysseyConnectionError, OdysseyStreamError, OdysseyTimeoutError
 from odyssey_sync.local import LocalOdyssey
