@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._api import progress_bar
 from ._deadline import Deadline
+from ._download import progress_bar
 from ._scripts import build_simulation_body
 from .errors import (
     AccountSuspendedError,

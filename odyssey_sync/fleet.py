@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from ._api import progress_bar
+from ._download import progress_bar
 
 __all__ = [
     "ROLLOUT_SCHEMA",

@@ -59,6 +59,7 @@ import numpy as np
 import numpy.typing as npt
 from gymnasium import spaces
 
+from ._frames import VideoFrame
 from .client import Odyssey
 from .errors import OdysseyStreamError
 
@@ -382,7 +383,7 @@ class OdysseyEnv(gymnasium.Env[Obs, Any]):
             wait["max_age"] = self._max_frame_age
         return wait
 
-    def _observation(self, frame: Any) -> Obs:
+    def _observation(self, frame: VideoFrame) -> Obs:
         data = frame.data
         if data.shape[:2] != self._obs_shape[:2]:
             raise ValueError(
@@ -392,17 +393,16 @@ class OdysseyEnv(gymnasium.Env[Obs, Any]):
         return np.array(data[..., :3])  # a new array: the ring slot is reused
 
     def _info(
-        self, frame: Any, *, late: float, sent: str | None, skipped: int, step: int
+        self, frame: VideoFrame, *, late: float, sent: str | None, skipped: int, step: int
     ) -> dict[str, Any]:
         with self._acks_lock:
             ack = self._acks[-1] if self._acks else None
             self._acks.clear()
-        age = getattr(frame, "age", None)
         return {
-            "stream_id": getattr(frame, "stream_id", None) or self._stream_id,
+            "stream_id": frame.stream_id or self._stream_id,
             "frame_seq": int(frame.seq),
             "frame_timestamp_ms": int(frame.timestamp_ms),
-            "frame_age": float(age if age is not None else time.monotonic() - frame.received_at),
+            "frame_age": float(frame.age),
             "ack": ack,
             "prompt": sent,
             "frames_skipped": int(skipped),
