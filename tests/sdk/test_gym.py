@@ -15,6 +15,7 @@ from gymnasium.utils.env_checker import check_env  # noqa: E402
 
 from odyssey_sync.gym import ENV_ID, OdysseyEnv  # noqa: E402
 from odyssey_sync.local import LocalOdyssey  # noqa: E402
+from odyssey_sync.local.context import ServerConfig  # noqa: E402
 from tests.support import live_stream_ids, warm_up  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -205,3 +206,27 @@ def test_vector_env_of_two_steps_at_the_requested_rate(server: LocalOdyssey, mod
         assert (infos["frame_seq"] > 0).all()
     finally:
         envs.close()
+
+
+@pytest.mark.skipif("stream_limit" not in ServerConfig.__dataclass_fields__,
+                    reason="needs LocalOdyssey(stream_limit=...) from the resume work (issue 11)")
+def test_an_episode_crosses_stream_limit_handovers(tmp_path: Any) -> None:
+    # Room for the make-before-break handover: two sessions of one key.
+    with LocalOdyssey(size=SIZE, fps=FPS, capacity=2, max_concurrent_per_key=2,
+                      recordings=False, data_dir=tmp_path, stream_limit=2.0) as srv:
+        env = gymnasium.make(ENV_ID, api_key=srv.api_key, api_url=srv.url, obs_size=SIZE,
+                             control_hz=10, prompt="A long road trip",
+                             client_options={"stream_limit": 2.0})
+        try:
+            _, info = env.reset()
+            streams = [info["stream_id"]]
+            for _ in range(50):  # 5 s of episode: two or more handovers
+                _, _, terminated, truncated, info = env.step("")
+                assert not (terminated or truncated)
+                streams.append(info["stream_id"])
+        finally:
+            env.close()
+    distinct = list(dict.fromkeys(streams))
+    assert len(distinct) >= 2, distinct
+    # Each stream's observations are contiguous: no flip-flopping across the seam.
+    assert [s for i, s in enumerate(streams) if i == 0 or s != streams[i - 1]] == distinct
