@@ -247,39 +247,42 @@ def baseline_streams(url: str, n: int, seconds: float) -> tuple[list[float], flo
 
 def streams_part(seconds: float) -> str:
     fps = 20.0
-    plans = {(320, 176): (1, 2, 4, 8, 12, 16), (1280, 704): (1, 2, 4, 6, 8)}
+    plans = {(320, 176): (1, 2, 4, 6, 8, 12, 16), (1280, 704): (1, 2, 4, 6, 8)}
     lines = [
         f"Server: subprocess at {fps:g} fps, VP8, one encoder per stream. {seconds:g} s window "
-        "after 1 s warm-up. Sustained = every stream ≥ 95 % of the source fps. "
-        "CPU figures are percent of one core.",
+        "after 1 s warm-up. Sustained = the streams' mean fps ≥ 95 % of the source "
+        "(the slowest stream is shown too). CPU figures are percent of one core.",
         "",
-        row("size", "streams", "client", "slowest stream fps", "client CPU %/stream",
+        row("size", "streams", "client", "mean / slowest fps", "client CPU %/stream",
             "server CPU %", "sustained"),
         "|---|---|---|---|---|---|---|",
     ]
     summary = []
     for size, counts in plans.items():
         best = {"ours": (0, 0.0), "baseline": (0, 0.0)}
-        failed: set[str] = set()
+        misses = {"ours": 0, "baseline": 0}
         for n in counts:
             with server(size, fps, n) as srv:
                 for name, fn in (("ours", ours_streams), ("baseline", baseline_streams)):
-                    if name in failed:
-                        continue
+                    if misses[name] >= 2:
+                        continue  # two counts in a row not sustained: stop this client
                     s0, w0 = srv.cpu_seconds(), time.monotonic()
                     per_stream, cpu = fn(srv.url, n, seconds)
                     server_pct = 100 * (srv.cpu_seconds() - s0) / (time.monotonic() - w0)
-                    ok = min(per_stream) >= 0.95 * fps
+                    mean = sum(per_stream) / n
+                    ok = mean >= 0.95 * fps
                     per_stream_cpu = 100 * cpu / seconds / n
                     if ok:
                         best[name] = (n, per_stream_cpu)
+                        misses[name] = 0
                     else:
-                        failed.add(name)
-                    lines.append(row(f"{size[0]}x{size[1]}", n, name, f"{min(per_stream):.1f}",
+                        misses[name] += 1
+                    lines.append(row(f"{size[0]}x{size[1]}", n, name,
+                                     f"{mean:.1f} / {min(per_stream):.1f}",
                                      f"{per_stream_cpu:.1f}", f"{server_pct:.0f}",
                                      "yes" if ok else "no"))
                     print(lines[-1], flush=True)
-            if len(failed) == 2:
+            if min(misses.values()) >= 2:
                 break
         (on, oc), (bn, bc) = best["ours"], best["baseline"]
         summary.append(

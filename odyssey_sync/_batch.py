@@ -47,7 +47,15 @@ from .errors import (
 )
 from .types import SimulationJobDetail, SimulationJobStatus
 
-__all__ = ["BatchItem", "BatchResult", "load_scripts", "read_script", "simulate_batch"]
+__all__ = [
+    "BatchItem",
+    "BatchResult",
+    "load_scripts",
+    "prepare_batch",
+    "read_script",
+    "simulate_batch",
+    "simulate_one",
+]
 
 #: the service's limit on one account's unfinished simulation jobs
 MAX_QUEUED_JOBS = 10
@@ -189,10 +197,42 @@ def simulate_batch(
         OdysseyAuthError, MonthlyLimitReachedError, AccountSuspendedError:
             account problems that would fail every script.
     """
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"parallel must be an int >= 1, not {parallel!r}")
+    specs, out_dir = prepare_batch(scripts, download, max_queued=max_queued, portrait=portrait,
+                                   poll_interval=poll_interval)
+    run = _BatchRun(client, specs, out_dir, max_queued, portrait, Deadline(timeout),
+                    float(poll_interval))
+    with concurrent.futures.ThreadPoolExecutor(
+        parallel, thread_name_prefix="odyssey-batch-download"
+    ) as pool, progress_bar(total=len(specs), desc="simulations", unit="script",
+                            disable=not progress, file=sys.stderr) as bar:
+        try:
+            run.drive(pool, bar)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return BatchResult(tuple(run.items[name] for name in specs), run.peak)
+
+
+def prepare_batch(
+    scripts: Mapping[str, Any] | str | os.PathLike[str],
+    download: str | os.PathLike[str] | None,
+    *,
+    max_queued: int,
+    portrait: bool,
+    poll_interval: float,
+) -> tuple[dict[str, dict[str, Any]], Path | None]:
+    """Check a batch's arguments and every script; create the download directory.
+
+    Non-blocking apart from reading script files. Returns ``({name: spec}, out_dir)``.
+
+    Raises:
+        TypeError / ValueError: the first bad argument or script (named).
+    """
     specs = _normalise(scripts)
-    for label, value, low in (("parallel", parallel, 1), ("max_queued", max_queued, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{label} must be an int >= {low}, not {value!r}")
+    if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
+        raise ValueError(f"max_queued must be an int >= 1, not {max_queued!r}")
     if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)) or (
             poll_interval <= 0):
         raise ValueError("poll_interval must be > 0 seconds")
@@ -206,18 +246,50 @@ def simulate_batch(
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"download must be a directory: {str(out_dir)!r}")
         out_dir.mkdir(parents=True, exist_ok=True)
-    run = _BatchRun(client, specs, out_dir, max_queued, portrait, Deadline(timeout),
+    return specs, out_dir
+
+
+def simulate_one(
+    client: Any,
+    name: str,
+    spec: dict[str, Any],
+    out_dir: Path | None,
+    *,
+    portrait: bool = False,
+    timeout: float | None = 3600.0,
+    poll_interval: float = 1.0,
+) -> BatchItem:
+    """Submit one script, wait for its job and download its videos (blocking).
+
+    The unit of work of a batch spread over several workers (the fleet's Ray
+    version of :func:`simulate_batch`); ``spec`` as prepared by
+    :func:`prepare_batch`. A refused script or a failed job is returned as
+    an item with its error, never raised.
+
+    Raises:
+        OdysseyTimeoutError: ``timeout`` ran out.
+        OdysseyAuthError, MonthlyLimitReachedError, AccountSuspendedError.
+    """
+    run = _BatchRun(client, {name: spec}, out_dir, 1, portrait, Deadline(timeout),
                     float(poll_interval))
-    with concurrent.futures.ThreadPoolExecutor(
-        parallel, thread_name_prefix="odyssey-batch-download"
-    ) as pool, progress_bar(total=len(specs), desc="simulations", unit="script",
-                            disable=not progress, file=sys.stderr) as bar:
-        try:
-            run.drive(pool, bar)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
+    try:
+        job = client.simulate(**spec, portrait=portrait, timeout=run._left())
+    except (MonthlyLimitReachedError, AccountSuspendedError):
+        raise
+    except (OdysseyError, ValueError, TypeError) as exc:
+        if isinstance(exc, OdysseyTimeoutError) and run.deadline.expired:
             raise
-    return BatchResult(tuple(run.items[name] for name in specs), run.peak)
+        return BatchItem(name, None, "rejected", error=str(exc))
+    try:
+        done = client.wait_for_simulation(job.job_id, timeout=run._left(),
+                                          poll_interval=poll_interval, progress=False)
+    except OdysseyError as exc:
+        if isinstance(exc, OdysseyTimeoutError):
+            raise
+        done = client.get_simulate_status(job.job_id, timeout=run._left())
+    if done.status != SimulationJobStatus.COMPLETED or out_dir is None:
+        return _finished(name, done)
+    return run._download(name, done)
 
 
 class _BatchRun:

@@ -45,7 +45,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from ._batch import MAX_QUEUED_JOBS, BatchItem, BatchResult, prepare_batch, simulate_one
 from ._download import progress_bar
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "prompt_schedule",
     "read_rollouts",
     "run_fleet",
+    "simulate_batch_on_ray",
 ]
 
 #: One row per observation; row 0 of an episode is the reset (``action`` null).
@@ -343,6 +345,78 @@ def run_fleet(
     paths = tuple(sorted(Path(s) for s in shards))
     return FleetResult(run, paths, sum(_rows([str(p)]) for p in paths),
                        time.monotonic() - started, peak, dict(sorted(failed.items())))
+
+
+def simulate_batch_on_ray(
+    api_key: str,
+    scripts: Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    api_url: str | None = None,
+    download: str | os.PathLike[str] | None = None,
+    max_queued: int = MAX_QUEUED_JOBS,
+    portrait: bool = False,
+    timeout: float | None = 3600.0,
+    poll_interval: float = 1.0,
+    progress: bool = True,
+) -> BatchResult:
+    """:func:`~odyssey_sync._batch.simulate_batch` spread over a Ray cluster.
+
+    Blocking, the driver thread. Each script is one Ray task (``num_cpus=0``:
+    it mostly waits) that submits it, waits for the job and downloads its
+    videos; at most ``max_queued`` tasks run at once, which keeps the
+    account's queue limit (10 simulation jobs). Downloads run in parallel on
+    whichever nodes run the tasks, so ``download`` must be storage they all
+    see. One progress bar counts finished scripts.
+
+    Raises:
+        TypeError / ValueError: bad arguments or scripts (before any task starts).
+        TimeoutError: ``timeout`` ran out (running tasks are cancelled).
+    """
+    specs, out_dir = prepare_batch(scripts, download, max_queued=max_queued, portrait=portrait,
+                                   poll_interval=poll_interval)
+    if not isinstance(api_key, str) or not api_key:
+        raise TypeError("api_key must be a non-empty str")
+    if not ray.is_initialized():
+        ray.init()
+    task = ray.remote(_simulate_task).options(num_cpus=0, max_retries=0)
+    client_options = {} if api_url is None else {"api_url": api_url}
+    started = time.monotonic()
+    waiting = deque(specs)
+    running: dict[Any, str] = {}
+    items: dict[str, BatchItem] = {}
+    with progress_bar(total=len(specs), desc="simulations", unit="script",
+                      disable=not progress, file=sys.stderr) as bar:
+        try:
+            while waiting or running:
+                while waiting and len(running) < max_queued:
+                    name = waiting.popleft()
+                    running[task.remote(api_key, client_options, name, specs[name], out_dir,
+                                        portrait, timeout, poll_interval)] = name
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    name = running.pop(ref)
+                    try:
+                        items[name] = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        items[name] = BatchItem(name, None, "failed", error=str(exc))
+                    bar.update(1)
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise TimeoutError(f"simulation batch not finished within {timeout:g} s")
+        finally:
+            for ref in running:
+                ray.cancel(ref)
+    return BatchResult(tuple(items[name] for name in specs), min(max_queued, len(specs)))
+
+
+def _simulate_task(api_key: str, client_options: dict[str, Any], name: str,
+                   spec: dict[str, Any], out_dir: Path | None, portrait: bool,
+                   timeout: float | None, poll_interval: float) -> BatchItem:
+    """One script on a Ray worker: its own REST client, closed at the end."""
+    from .client import Odyssey
+
+    with Odyssey(api_key, **client_options) as client:
+        return simulate_one(client, name, spec, out_dir, portrait=portrait, timeout=timeout,
+                            poll_interval=poll_interval)
 
 
 def read_rollouts(path: str | os.PathLike[str]) -> pa.Table:
