@@ -1,7 +1,7 @@
 """What the HTTP half and the real-time half of the local server share.
 
-The HTTP API (``api.py``, ``store.py``, ``server.py``) builds one
-:class:`ServerContext` and hands it to :func:`odyssey_sync.local.signaling.setup_realtime`,
+The HTTP half (:mod:`.http`, ``store.py``, ``server.py``) builds one
+:class:`ServerContext` and hands it to :func:`odyssey_sync.local.realtime.signaling.setup_realtime`,
 which registers the signaling, streamer and WHEP routes on the same
 aiohttp application. The real-time half talks back only through the
 methods declared here.

@@ -6,9 +6,9 @@
         client = Odyssey(api_key=server.api_key, api_url=server.url)
 
 The server runs one asyncio loop on a named background thread
-(``odyssey-local-server``) that serves the HTTP API (:mod:`.api`), the
-simulation jobs (:mod:`.simulations`) and, when installed, the real-time half
-(signaling, WebRTC streamer, WHEP; :mod:`.signaling`). State lives in SQLite
+(``odyssey-local-server``) that serves the HTTP half (:mod:`.http`: REST API,
+simulation jobs) and the real-time half (:mod:`.realtime`: signaling, WebRTC
+streamer, WHEP) on one port. State lives in SQLite
 under ``data_dir`` (:mod:`.store`), so stopping and starting a server on the
 same directory keeps keys, recordings and jobs. The loop's default executor
 (renders, encodes, image decodes) is the server's own pool of
@@ -33,10 +33,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import auth
-from .api import LocalBackend, build_app
 from .context import ServerConfig, ServerContext
 from .faults import Faults
-from .signaling import REALTIME_KEY, RealtimeHub
+from .http.app import build_app
+from .http.backend import LocalBackend
+from .realtime.signaling import REALTIME_KEY, RealtimeHub
 from .store import Row, Store
 
 __all__ = ["LocalOdyssey", "default_data_dir"]
@@ -233,7 +234,7 @@ class LocalOdyssey:
 
         Returns ``self``. Raises the start-up error in this thread (``OSError``
         when the port is taken, ``sqlite3.Error`` for an unusable data
-        directory), :class:`~odyssey_sync.errors.OdysseyTimeoutError` when not
+        directory), ``TimeoutError`` when not
         ready in time, ``RuntimeError`` when started twice.
         """
         with self._lock:
@@ -250,9 +251,7 @@ class LocalOdyssey:
             ready.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             self.stop()
-            from ..errors import OdysseyTimeoutError
-
-            raise OdysseyTimeoutError(f"local server not ready after {timeout:g} s") from None
+            raise TimeoutError(f"local server not ready after {timeout:g} s") from None
         except BaseException:
             self._thread.join(timeout=10.0)
             self._close_store()
@@ -460,7 +459,7 @@ class LocalOdyssey:
         Blocking (≤ ``timeout`` s). Use it to drive the :class:`StreamSink` the way
         the real-time half does (``server.call(server.context.sink.stream_ended, ...)``).
         Raises ``RuntimeError`` if called from the loop thread itself or when not
-        running, :class:`~odyssey_sync.errors.OdysseyTimeoutError` on timeout, and
+        running, ``TimeoutError`` on timeout, and
         whatever ``fn`` raises.
         """
         loop = self._loop
@@ -477,16 +476,14 @@ class LocalOdyssey:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            from ..errors import OdysseyTimeoutError
-
-            raise OdysseyTimeoutError(f"server call timed out after {timeout:g} s") from None
+            raise TimeoutError(f"server call timed out after {timeout:g} s") from None
 
     def wait_for_recording(self, stream_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """Block until the recording of ``stream_id`` is rendered (or failed/disabled).
 
         Returns the stream's stored row (``render_state``, ``frame_count``,
         ``duration_seconds``, ``width``, ``height``, ...). Raises
-        :class:`~odyssey_sync.errors.OdysseyTimeoutError` after ``timeout``
+        ``TimeoutError`` after ``timeout``
         seconds (also for an unknown stream id).
         """
         row: Row = self._require_backend().wait_for_recording(stream_id, timeout)

@@ -37,8 +37,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from odyssey_sync.local.context import ServerConfig, ServerContext
-from odyssey_sync.local.signaling import RealtimeHub, setup_realtime
-from odyssey_sync.local.stamp import FrameStamp, decode_stamp
+from odyssey_sync.local.realtime.signaling import RealtimeHub, setup_realtime
+from odyssey_sync.local.render.stamp import FrameStamp, decode_stamp
 
 
 @dataclass

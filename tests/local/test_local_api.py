@@ -10,21 +10,12 @@ from typing import Any
 import jwt
 import pytest
 import requests
-from local_helpers import OTHER_KEY, Api, local_server
 
-pytestmark = pytest.mark.timeout(60)
+from tests.local.helpers import OTHER_KEY, Api, local_server
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    with local_server(tmp_path, capacity=2) as srv:
-        yield srv
+pytestmark = [pytest.mark.timeout(60), pytest.mark.server_options(capacity=2)]
 
 
-@pytest.fixture
-def api(server: Any) -> Any:
-    with Api(server) as client:
-        yield client
 
 
 def raw(server: Any, request: bytes) -> bytes:

@@ -18,7 +18,7 @@ the same aiohttp application (same host and port as the API):
   answered (autoping) and the server pings every 20 s itself. When the socket
   ends for any reason the running stream is ended, the peer closed and
   ``StreamSink.session_closed`` called;
-* the WHEP routes of :class:`~odyssey_sync.local.broadcast.BroadcastHub`.
+* the WHEP routes of :class:`~odyssey_sync.local.realtime.broadcast.BroadcastHub`.
 
 A second signaling socket for the same allocation supersedes the first (its
 peer is closed without freeing the allocation), as a client retry would need.
@@ -41,9 +41,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..context import ServerContext
 from .broadcast import BroadcastHub
-from .context import ServerContext
-from .streamer import StreamerSession
+from .session import StreamerSession
 
 __all__ = ["REALTIME_KEY", "RealtimeHub", "setup_realtime"]
 
