@@ -16,7 +16,10 @@ live (data channel / signaling) path refuse the same things the same way:
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+
+from .render.stamp import stamp_region
 
 __all__ = [
     "DEFAULT_CONNECTION_LIMIT",
@@ -24,12 +27,15 @@ __all__ = [
     "DEFAULT_STREAM_LIMIT",
     "INT64_MAX",
     "INT64_MIN",
-    "MAX_FRAME_SIZE",
+    "MAX_FRAME_SIDE",
     "MAX_JSON_DEPTH",
     "MAX_PROMPT_CHARS",
+    "MIN_FRAME_SIDE",
     "MIN_FRAME_SIZE",
     "JsonProblem",
+    "check_frame_size",
     "check_json_value",
+    "check_seconds",
     "decode_json",
     "prompt_problem",
 ]
@@ -41,10 +47,11 @@ DEFAULT_CONNECTION_LIMIT = 3600.0
 #: a session whose client vanished without ``client_disconnecting`` keeps its
 #: capacity slot this long (the service does not document its own value)
 DEFAULT_STALE_SESSION_TIMEOUT = 30.0
-#: smallest frame (width, height): the machine-readable stamp must fit
+#: smallest landscape frame (width, height): the machine-readable stamp must fit
+#: (portrait streams use (height, width), which must carry it too)
 MIN_FRAME_SIZE = (160, 96)
-#: largest frame side
-MAX_FRAME_SIZE = 4096
+#: smallest and largest frame side
+MIN_FRAME_SIDE, MAX_FRAME_SIDE = 96, 4096
 #: signed 64-bit range: what SQLite stores as INTEGER
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: longest prompt accepted (characters), on the HTTP API (simulation scripts)
@@ -131,3 +138,37 @@ def prompt_problem(prompt: str) -> str | None:
     except UnicodeEncodeError:
         return "prompt is not valid Unicode text (lone surrogate)"
     return None
+
+
+def check_frame_size(size: Any, name: str = "size") -> tuple[int, int]:
+    """``size`` as a (width, height) tuple, or ``TypeError``/``ValueError`` naming the range.
+
+    Both sides even and within ``MIN_FRAME_SIDE..MAX_FRAME_SIDE``, and both the
+    landscape frame (width × height) and the portrait one (height × width)
+    large enough for the frame stamp (at least 160×96 landscape).
+    """
+    if isinstance(size, list):
+        size = tuple(size)
+    if (not isinstance(size, tuple) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        raise TypeError(f"{name} must be a (width, height) tuple of ints")
+    width, height = size
+    allowed = (f"allowed: even sides within {MIN_FRAME_SIDE}..{MAX_FRAME_SIDE}, at least "
+               f"{MIN_FRAME_SIZE[0]}x{MIN_FRAME_SIZE[1]} (landscape)")
+    if not all(MIN_FRAME_SIDE <= v <= MAX_FRAME_SIDE and v % 2 == 0 for v in size):
+        raise ValueError(f"{name} {width}x{height} is out of range ({allowed})")
+    try:
+        stamp_region(width, height)
+        stamp_region(height, width)
+    except ValueError:
+        raise ValueError(f"{name} {width}x{height} is too small for the frame stamp "
+                         f"({allowed})") from None
+    return width, height
+
+
+def check_seconds(value: Any, name: str) -> float:
+    """A finite number of seconds > 0 (``ValueError`` naming ``name`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
+    return float(value)

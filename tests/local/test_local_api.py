@@ -160,7 +160,8 @@ def test_sessions_request_accepts_empty_body(api: Any) -> None:
 def test_sessions_request_wrong_types(api: Any, payload: Any) -> None:
     r = api.post("/sessions/request", json=payload)
     assert r.status_code == 422
-    assert isinstance(r.json()["detail"], list)
+    detail = r.json()["detail"]
+    assert detail and detail[0]["loc"][0] == "body", detail
 
 
 def test_queue_fault_then_allocation(api: Any, server: Any) -> None:
@@ -185,6 +186,7 @@ def test_unconnected_allocations_expire(api: Any, server: Any) -> None:
     assert api.post("/sessions/request", json={}).status_code == 503
 
     def age_all() -> None:  # pretend the allocation timeout has passed
+        assert len(server.backend.allocations) == 2
         for alloc in server.backend.allocations.values():
             alloc.created -= server.backend.allocation_timeout + 1
 

@@ -318,24 +318,34 @@ def test_bypass_requires_privilege() -> None:
     run(scenario, bypass_privileged=False)
 
 
-def test_session_timeout_ends_the_stream() -> None:
+def test_stream_limit_ends_the_stream_then_the_connection() -> None:
+    """PROTOCOL §17: at the stream limit the service's error, then the server closes
+    the connection (signaling socket and peer) and frees the slot at once."""
     async def scenario(server: RealtimeServer) -> None:
         peer = await connected(server)
         try:
             await peer.send({"type": "interactive_stream_start", "prompt": "x"})
             started = await peer.expect("stream_started")
             err = await peer.expect("interactive_stream_error", timeout=5)
-            assert err["reason"] == "session_timeout"
-            await peer.expect("stream_ended")
-            assert ("stream_ended" in server.sink.names())
-            assert server.sink.calls[-1][1][0] == started["stream_id"]
-            # the connection survives: a new stream can start
-            await peer.send({"type": "interactive_stream_start", "prompt": "y"})
-            await peer.expect("stream_started")
+            assert err == {"type": "interactive_stream_error", "reason": "session_timeout",
+                           "message": "Stream ended: credit lease expired"}
+            closed = await peer.expect_signal(timeout=5)
+            assert closed == {"type": "_closed", "code": 1000}
+            deadline = time.monotonic() + 5
+            while "session_closed" not in server.sink.names():  # the handler's cleanup
+                assert time.monotonic() < deadline, server.sink.names()
+                await asyncio.sleep(0.02)
+            names = server.sink.names()
+            assert names[-2:] == ["stream_ended", "session_closed"], names
+            assert server.sink.calls[-2][1][0] == started["stream_id"]
+            assert server.sink.vanished == {"sess-1": False}  # the server closed it
+            while peer.pc is not None and peer.pc.connectionState not in ("closed", "failed"):
+                assert time.monotonic() < deadline, peer.pc.connectionState
+                await asyncio.sleep(0.05)
         finally:
             await peer.close()
 
-    run(scenario, session_timeout=0.5)
+    run(scenario, stream_limit=0.5)
 
 
 def test_large_start_message_over_websocket() -> None:

@@ -31,7 +31,7 @@ from aiohttp import web
 from .. import auth
 from ..context import ServerConfig, ServerContext
 from ..faults import Faults
-from ..render.media import RenderedMedia, decode_image, render_recording
+from ..render.media import PART_SUFFIX, RenderedMedia, decode_image, render_recording
 from ..store import Row, Store, to_iso
 from .errors import ApiError
 from .jobs import JobRunner
@@ -68,6 +68,9 @@ class Allocation:
     slot: int
     created: float  # time.monotonic()
     connected: bool = False
+    #: time.monotonic() when its client vanished without client_disconnecting;
+    #: the slot stays taken until ``stale_session_timeout`` after it
+    stale_since: float | None = None
 
 
 class LocalBackend:
@@ -101,6 +104,9 @@ class LocalBackend:
         self._stamp_origins: dict[str, float] = {}
         self._render_done = threading.Condition()
         self.jobs = JobRunner(self)
+        #: allocations held (stale ones included), for readers on other threads:
+        #: an int replaced on the loop thread, read anywhere
+        self.sessions_in_use = 0
 
     # -- lifecycle ----------------------------------------------------------
     def recover(self) -> None:
@@ -109,10 +115,14 @@ class LocalBackend:
         Allocations and live streams cannot survive a restart (their sockets
         are gone): allocations are closed, live streams are ended with what
         their event log knows. Recordings whose render was interrupted are
-        rendered again. Simulation jobs are handled by :meth:`JobRunner.recover`.
+        rendered again. Temporary ``*.part`` files a killed render left behind
+        are removed. Simulation jobs are handled by :meth:`JobRunner.recover`.
         """
         now = time.time()
         self.store.close_all_allocations(now, "server restarted")
+        for leftover in self.media_dir.glob(f"*{PART_SUFFIX}"):
+            log.info("removing %s left behind by an interrupted render", leftover.name)
+            leftover.unlink(missing_ok=True)
         for row in self.store.streams_in_state(["live"]):
             events = self.store.events(row["stream_id"])
             last = max((e["frame"] for e in events), default=0)
@@ -127,7 +137,20 @@ class LocalBackend:
             else:  # its job is failed by JobRunner.recover(); so is its output
                 self.store.update_stream(row["stream_id"], render_state="failed",
                                          render_error="server stopped during the render")
+        for row in self.store.open_streams():  # any stream still without an end
+            self.store.update_stream(row["stream_id"], ended_at=to_iso(now), ended_ts=now)
         self.jobs.recover()
+
+    def start_housekeeping(self) -> None:
+        """Free expired and stale allocations in the background (loop thread)."""
+        self.spawn(self._housekeeping())
+
+    async def _housekeeping(self) -> None:
+        period = max(0.05, min(1.0, self.config.stale_session_timeout / 4,
+                               self.allocation_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.expire_allocations()
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         """Run a background coroutine on the loop, tracked for shutdown."""
@@ -181,16 +204,23 @@ class LocalBackend:
 
     # -- allocations --------------------------------------------------------
     def expire_allocations(self) -> None:
-        """Free allocations whose client never opened the signaling socket."""
+        """Free allocations whose client never opened the signaling socket, and
+        those whose client vanished more than ``stale_session_timeout`` ago."""
         now = time.monotonic()
         for alloc in list(self.allocations.values()):
-            if not alloc.connected and now - alloc.created > self.allocation_timeout:
+            if alloc.stale_since is not None:
+                if now - alloc.stale_since > self.config.stale_session_timeout:
+                    log.info("allocation %s freed (client vanished %.1f s ago)",
+                             alloc.session_id, now - alloc.stale_since)
+                    self._free(alloc.session_id, "stale")
+            elif not alloc.connected and now - alloc.created > self.allocation_timeout:
                 log.info("allocation %s expired (no signaling connection)", alloc.session_id)
                 self._free(alloc.session_id, "expired")
 
     def _free(self, session_id: str, reason: str) -> None:
         if self.allocations.pop(session_id, None) is not None:
             self.store.close_allocation(session_id, time.time(), reason)
+        self.sessions_in_use = len(self.allocations)
 
     def allocate(self, key_id: str) -> Allocation:
         """Take a slot for ``key_id`` or raise the 429/503 the clients expect."""
@@ -229,6 +259,7 @@ class LocalBackend:
         alloc = Allocation(session_id="sess_" + uuid.uuid4().hex, key_id=key_id,
                            slot=free[0], created=time.monotonic())
         self.allocations[alloc.session_id] = alloc
+        self.sessions_in_use = len(self.allocations)
         self.store.add_allocation(alloc.session_id, key_id, time.time())
         return alloc
 
@@ -243,7 +274,9 @@ class LocalBackend:
         if alloc is None or not self.tokens.verify_session(token, session_id):
             return False
         # A verified token means the signaling socket is being opened: the
-        # allocation is in use and must no longer expire.
+        # allocation is in use and must no longer expire (nor stay stale: a
+        # client coming back takes its slot again).
+        alloc.stale_since = None
         if not alloc.connected:
             alloc.connected = True
             self.store.mark_allocation_connected(session_id)
@@ -296,7 +329,13 @@ class LocalBackend:
             self._stamp_origins.pop(stream_id, None)
             self.notify_render()
 
-    def session_closed(self, session_id: str) -> None:
+    def session_closed(self, session_id: str, *, vanished: bool = False) -> None:
+        alloc = self.allocations.get(session_id)
+        if vanished and alloc is not None:
+            log.info("allocation %s: client vanished without client_disconnecting; its slot "
+                     "is kept for %g s", session_id, self.config.stale_session_timeout)
+            alloc.stale_since = time.monotonic()
+            return
         self._free(session_id, "closed")
 
     # -- recordings ---------------------------------------------------------
@@ -333,7 +372,14 @@ class LocalBackend:
         try:
             rendered = await loop.run_in_executor(self.render_pool, render)
         except asyncio.CancelledError:
-            raise
+            raise  # stays "rendering" in the store: the next start renders it
+        except RuntimeError as exc:
+            if not self._render_pool_down(exc):
+                raise
+            # The interpreter is exiting (or the server stopping) under us: the
+            # row stays "rendering", so the next start on this data directory
+            # renders it. Nothing is lost.
+            log.warning("recording of stream %s left for the next start: %s", stream_id, exc)
         except Exception as exc:
             log.exception("rendering the recording of stream %s failed", stream_id)
             self.store.update_stream(stream_id, render_state="failed",
@@ -348,6 +394,10 @@ class LocalBackend:
                      rendered.frame_count)
         finally:
             self.notify_render()
+
+    @staticmethod
+    def _render_pool_down(exc: RuntimeError) -> bool:
+        return "shutdown" in str(exc)
 
     def notify_render(self) -> None:
         """Wake every :meth:`wait_for_recording` (a render finished or failed)."""

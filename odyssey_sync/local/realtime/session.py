@@ -27,6 +27,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiortc import (
@@ -38,6 +39,7 @@ from aiortc import (
 from aiortc.sdp import candidate_from_sdp
 
 from ..context import ServerContext
+from ..limits import JsonProblem, decode_json, prompt_problem
 from ..render.media import decode_data_url
 from ..render.world import World, applied_prompt
 from .encoder import codec_preferences, negotiated_video_codec
@@ -60,6 +62,12 @@ _INBOX_LIMIT = 256
 #: returns (PROTOCOL.md §15 item 3); a reply faster than that is lost and its
 #: start_stream() hangs. The real streamer never answers that fast.
 _WS_START_MIN_REPLY = 0.05
+#: what the service says when a stream reaches its duration limit (PROTOCOL §17)
+STREAM_LIMIT_MESSAGE = "Stream ended: credit lease expired"
+#: replies that are acknowledgements (the ``drop_acks`` fault withholds them)
+_ACK_TYPES = frozenset({"stream_started", "update_acknowledged", "stream_ended"})
+#: longest wait for a last message to leave before the server closes a connection
+_FLUSH_TIMEOUT = 1.0
 
 
 class BroadcastPublisher(Protocol):
@@ -101,10 +109,14 @@ class StreamerSession:
         ctx: ServerContext,
         session_id: str,
         broadcasts: BroadcastPublisher | None = None,
+        close_connection: Callable[[str], None] | None = None,
     ) -> None:
         self._ctx = ctx
         self.session_id = session_id
         self._broadcasts = broadcasts
+        #: called (with a reason) when the server ends the whole connection:
+        #: the stream limit closes it, as the service does (PROTOCOL §17)
+        self._close_connection = close_connection
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._track = WorldTrack(ctx, "h264" if ctx.config.codec == "h264" else "vp8")
         self._seam: RtpFaultSeam | None = None
@@ -237,9 +249,9 @@ class StreamerSession:
                 log.info("ignoring non-UTF-8 data-channel message")
                 return
         try:
-            message = json.loads(data)
-        except ValueError:
-            log.info("ignoring non-JSON data-channel message")
+            message = decode_json(data)
+        except JsonProblem as exc:
+            log.info("ignoring data-channel message: %s", exc.msg)
             return
         self.submit(message)
 
@@ -301,6 +313,9 @@ class StreamerSession:
                 prompt = ""
             if not isinstance(prompt, str):
                 raise _Reject("invalid_request", "prompt must be a string")
+            problem = prompt_problem(prompt)
+            if problem is not None:
+                raise _Reject("invalid_request", problem)
             if not isinstance(portrait, bool) or not isinstance(broadcast, bool):
                 raise _Reject("invalid_request", "portrait and broadcast must be booleans")
             if bypass is None:
@@ -374,7 +389,7 @@ class StreamerSession:
             stamp_origin=self._track.next_frame_due(),
         )
         self._timeout = loop.call_later(
-            float(self._ctx.config.session_timeout),
+            float(self._ctx.config.stream_limit),
             self.submit,
             {"type": "_session_timeout", "stream_id": stream.stream_id},
         )
@@ -395,6 +410,11 @@ class StreamerSession:
             await self._reply({"type": "interactive_stream_error", "reason": "invalid_request",
                                "message": "update needs a string prompt"})
             return
+        problem = prompt_problem(prompt)
+        if problem is not None:
+            await self._reply({"type": "interactive_stream_error", "reason": "invalid_request",
+                               "message": problem})
+            return
         # Build the new scene off the loop while frames keep rendering (≈ 35 ms
         # at 1280×704); the track installs it between two renders once ready.
         # Acknowledged now, in arrival order; the world changes from the first
@@ -413,14 +433,31 @@ class StreamerSession:
         await self._reply({"type": "stream_ended"})
 
     async def _handle_timeout(self, message: dict[str, Any]) -> None:
+        """The stream limit: the service's error, the stream ends, the connection closes."""
         stream = self._stream
         if stream is None or stream.stream_id != message.get("stream_id"):
             return  # that stream already ended
-        limit = self._ctx.config.session_timeout
+        log.info("session %s: stream %s reached the stream limit (%g s)", self.session_id,
+                 stream.stream_id, self._ctx.config.stream_limit)
         await self._send({"type": "interactive_stream_error", "reason": "session_timeout",
-                          "message": f"maximum stream duration of {limit:g} s reached"})
+                          "message": STREAM_LIMIT_MESSAGE})
         await self._finish_stream()
-        await self._send({"type": "stream_ended"})
+        await self._flush()
+        if self._close_connection is not None:
+            # Only requested here: closing the connection closes this session,
+            # which cancels the task running this handler.
+            self._close_connection("stream limit reached")
+
+    async def _flush(self) -> None:
+        """Wait (≤ _FLUSH_TIMEOUT) until messages queued on streamerToClient have left."""
+        channel = self._s2c
+        deadline = time.monotonic() + _FLUSH_TIMEOUT
+        while (channel is not None and channel.readyState == "open"
+               and channel.bufferedAmount > 0 and time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
+        # bufferedAmount counts bytes not yet handed to SCTP; give the transport a
+        # moment to put the last chunk on the wire.
+        await asyncio.sleep(0.05)
 
     def _report_interaction(self, stream: LiveStream, frame: int, prompt: str) -> None:
         self._sink_call("stream_interacted", stream.stream_id, frame, prompt)
@@ -467,6 +504,9 @@ class StreamerSession:
         faults = self._ctx.faults
         if faults.never_ack:
             return
+        if message.get("type") in _ACK_TYPES and faults.take("drop_acks"):
+            log.info("session %s: dropping %s (fault)", self.session_id, message.get("type"))
+            return
         delay = float(faults.ack_delay or 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -484,7 +524,9 @@ class StreamerSession:
                             self.session_id, message.get("type"))
                 return
         if channel.readyState == "open":
-            channel.send(json.dumps(message))
+            # ensure_ascii=False: a prompt echoed back costs at most 4 bytes per
+            # character instead of 12 for escaped astral characters.
+            channel.send(json.dumps(message, ensure_ascii=False))
 
     def _sink_call(self, name: str, *args: Any, **kwargs: Any) -> None:
         try:
