@@ -14,7 +14,7 @@ import pytest
 
 from odyssey_sync.client import Odyssey
 from odyssey_sync.local import LocalOdyssey
-from odyssey_sync.local.stamp import decode_stamp
+from odyssey_sync.local.render.stamp import decode_stamp
 from tests.support import assert_in_order
 
 pytestmark = pytest.mark.e2e

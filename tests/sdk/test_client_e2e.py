@@ -19,7 +19,7 @@ from odyssey_sync._rest import ApiClient
 from odyssey_sync.client import Odyssey
 from odyssey_sync.errors import OdysseyConnectionError, OdysseyStreamError, OdysseyTimeoutError
 from odyssey_sync.local import LocalOdyssey
-from odyssey_sync.local.stamp import decode_stamp
+from odyssey_sync.local.render.stamp import decode_stamp
 from odyssey_sync.types import ClientCredentials, ConnectionStatus
 from tests.support import assert_in_order, warm_up
 

@@ -108,7 +108,7 @@ def test_two_scripts_end_to_end(fast: _C, tmp_path: Path, capsys: pytest.Capture
 
     out = tmp_path / "videos"
     out.mkdir()
-    stamps_expected = importlib.util.find_spec("odyssey_sync.local.media") is not None
+    stamps_expected = importlib.util.find_spec("odyssey_sync.local.render.media") is not None
     for stream, n in zip(streams, expected_frames, strict=True):
         assert stream.frame_count == n
         path = fast.download_recording(stream.stream_id, out, progress=False)
@@ -117,7 +117,7 @@ def test_two_scripts_end_to_end(fast: _C, tmp_path: Path, capsys: pytest.Capture
         assert len(frames) == n
         assert all(f.shape == (176, 320, 3) for f in frames)
         if stamps_expected:
-            from odyssey_sync.local.stamp import decode_stamp
+            from odyssey_sync.local.render.stamp import decode_stamp
 
             numbers = [s.frame for s in map(decode_stamp, frames) if s is not None]
             assert numbers == list(range(n))

@@ -68,7 +68,7 @@ def broadcast(tmp_path: Any) -> Iterator[Broadcast]:
 
 
 def stamp_of(frame: Any) -> int | None:
-    from odyssey_sync.local.stamp import decode_stamp
+    from odyssey_sync.local.render.stamp import decode_stamp
 
     stamp = decode_stamp(frame.data)
     return None if stamp is None else stamp.frame
