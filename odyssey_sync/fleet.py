@@ -384,6 +384,7 @@ def simulate_batch_on_ray(
     waiting = deque(specs)
     running: dict[Any, str] = {}
     items: dict[str, BatchItem] = {}
+    peak = 0
     with progress_bar(total=len(specs), desc="simulations", unit="script",
                       disable=not progress, file=sys.stderr) as bar:
         try:
@@ -392,6 +393,7 @@ def simulate_batch_on_ray(
                     name = waiting.popleft()
                     running[task.remote(api_key, client_options, name, specs[name], out_dir,
                                         portrait, timeout, poll_interval)] = name
+                    peak = max(peak, len(running))
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in ready:
                     name = running.pop(ref)
@@ -405,7 +407,7 @@ def simulate_batch_on_ray(
         finally:
             for ref in running:
                 ray.cancel(ref)
-    return BatchResult(tuple(items[name] for name in specs), min(max_queued, len(specs)))
+    return BatchResult(tuple(items[name] for name in specs), peak)
 
 
 def _simulate_task(api_key: str, client_options: dict[str, Any], name: str,

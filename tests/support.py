@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import requests
@@ -18,6 +19,24 @@ def warm_up(srv: LocalOdyssey) -> None:
         c.connect()
         c.start_stream("warm up")
         c.end_stream()
+
+
+def simulation_script(prompt: str, length_ms: int = 1000) -> list[dict[str, Any]]:
+    """The shortest useful simulation script: start at 0, end at ``length_ms``."""
+    return [{"timestamp_ms": 0, "start": {"prompt": prompt}},
+            {"timestamp_ms": length_ms, "end": {}}]
+
+
+def warm_up_simulations(srv: LocalOdyssey) -> None:
+    """Run a two-script simulation job to the end: rendering starts the server's
+    render-pool threads on first use, which must happen before a test's
+    thread-leak snapshot."""
+    with Odyssey(srv.api_key, api_url=srv.url) as client:
+        job = client.simulate(scripts=[simulation_script("warm up")] * 2)
+        job = client.wait_for_simulation(job.job_id, timeout=60, poll_interval=0.1,
+                                         progress=False)
+        for stream in job.streams:
+            srv.wait_for_recording(stream.stream_id)
 
 
 def assert_in_order(numbers: list[int], *, at_least: int) -> None:
@@ -47,3 +66,26 @@ def server_state(srv: LocalOdyssey) -> dict[str, Any]:
 def live_stream_ids(srv: LocalOdyssey) -> list[str]:
     """Ids of the streams the local server has not ended yet."""
     return [s["stream_id"] for s in server_state(srv)["streams"] if s["ended_at"] is None]
+
+
+class ActiveJobWatcher:
+    """Polls the account's unfinished jobs on a thread of its own (joined on exit)."""
+
+    def __init__(self, client: Odyssey) -> None:
+        self.client = client
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="test-job-watcher")
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.02):
+            page = self.client.list_simulations(active=True, limit=100, timeout=10)
+            self.peak = max(self.peak, len(page.jobs))
+
+    def __enter__(self) -> ActiveJobWatcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(15)

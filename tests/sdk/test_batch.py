@@ -3,61 +3,26 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from odyssey_sync._batch import load_scripts, read_script, simulate_batch
 from odyssey_sync.client import Odyssey
 from odyssey_sync.local import LocalOdyssey
+from tests.support import ActiveJobWatcher, warm_up_simulations
+from tests.support import simulation_script as script
 
 pytestmark = pytest.mark.e2e
-
-
-def script(prompt: str, length_ms: int = 1000) -> list[dict[str, Any]]:
-    return [{"timestamp_ms": 0, "start": {"prompt": prompt}},
-            {"timestamp_ms": length_ms, "end": {}}]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
     with LocalOdyssey(size=(320, 176), fps=10, job_delay=0.3,
                       data_dir=tmp_path_factory.mktemp("batch")) as srv:
-        # Warm up before the per-test thread snapshot: rendering starts the
-        # server's render pool threads on first use.
-        with Odyssey(srv.api_key, api_url=srv.url) as client:
-            job = client.simulate(scripts=[script("warm up"), script("warm up")])
-            job = client.wait_for_simulation(job.job_id, timeout=60, poll_interval=0.1,
-                                             progress=False)
-            for stream in job.streams:
-                srv.wait_for_recording(stream.stream_id)
+        warm_up_simulations(srv)
         yield srv
-
-
-class ActiveJobWatcher:
-    """Polls the account's unfinished jobs on a thread of its own (joined on exit)."""
-
-    def __init__(self, client: Odyssey) -> None:
-        self.client = client
-        self.peak = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="test-job-watcher")
-
-    def _run(self) -> None:
-        while not self.stop.wait(0.02):
-            page = self.client.list_simulations(active=True, limit=100, timeout=10)
-            self.peak = max(self.peak, len(page.jobs))
-
-    def __enter__(self) -> ActiveJobWatcher:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(15)
 
 
 def test_twelve_scripts_under_a_queue_limit_of_ten(server: LocalOdyssey, tmp_path: Path) -> None:
@@ -66,12 +31,11 @@ def test_twelve_scripts_under_a_queue_limit_of_ten(server: LocalOdyssey, tmp_pat
     for i in range(12):
         (scripts_dir / f"scene{i:02d}.json").write_text(json.dumps(script(f"scene {i}")))
     out = tmp_path / "videos"
-    with Odyssey(server.api_key, api_url=server.url) as client, ActiveJobWatcher(
-        Odyssey(server.api_key, api_url=server.url)
-    ) as watcher:
+    with Odyssey(server.api_key, api_url=server.url) as client, Odyssey(
+        server.api_key, api_url=server.url
+    ) as watching, ActiveJobWatcher(watching) as watcher:
         result = simulate_batch(client, scripts_dir, download=out, parallel=3, max_queued=10,
                                 poll_interval=0.1, timeout=120, progress=False)
-    watcher.client.close()
     assert result.ok, result.failed
     assert [item.name for item in result.items] == [f"scene{i:02d}" for i in range(12)]
     assert result.peak_queued == 10  # the limit was used, never passed

@@ -15,6 +15,7 @@ ray = pytest.importorskip("ray")
 pa = pytest.importorskip("pyarrow")
 pytest.importorskip("gymnasium")
 
+from odyssey_sync.client import Odyssey  # noqa: E402
 from odyssey_sync.fleet import (  # noqa: E402
     ROLLOUT_SCHEMA,
     RolloutActor,
@@ -22,9 +23,16 @@ from odyssey_sync.fleet import (  # noqa: E402
     prompt_schedule,
     read_rollouts,
     run_fleet,
+    simulate_batch_on_ray,
 )
 from odyssey_sync.local import LocalOdyssey  # noqa: E402
-from tests.support import server_state, warm_up  # noqa: E402
+from tests.support import (  # noqa: E402
+    ActiveJobWatcher,
+    server_state,
+    simulation_script,
+    warm_up,
+    warm_up_simulations,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
     with LocalOdyssey(size=SIZE, fps=10, capacity=3, max_concurrent_per_key=3,
                       recordings=False, data_dir=tmp_path_factory.mktemp("fleet")) as srv:
         warm_up(srv)
+        warm_up_simulations(srv)
         yield srv
 
 
@@ -145,3 +154,19 @@ def test_rollout_actor_without_ray_and_bad_arguments(server: LocalOdyssey, tmp_p
     table = read_rollouts(shards[0])
     assert table.num_rows == 4 and actor.progress() == 4
     assert actor.run(1, 3, None) == shards and actor.progress() == 4  # skipped: exists
+
+
+def test_batch_simulations_through_ray_keep_the_queue_limit(
+    ray_runtime: None, server: LocalOdyssey, tmp_path: Path
+) -> None:
+    scripts = {f"clip{i}": simulation_script(f"clip {i}") for i in range(4)}
+    scripts["refused"] = {"script_url": "https://127.0.0.1:9/missing.json"}
+    with Odyssey(server.api_key, api_url=server.url) as client, ActiveJobWatcher(client) as jobs:
+        result = simulate_batch_on_ray(server.api_key, scripts, api_url=server.url,
+                                       download=tmp_path, max_queued=2, poll_interval=0.1,
+                                       timeout=120, progress=False)
+    assert 1 <= jobs.peak <= 2
+    assert [item.name for item in result.items] == list(scripts)
+    assert result.peak_queued == 2
+    assert [item.name for item in result.failed] == ["refused"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"clip{i}.mp4" for i in range(4)]
