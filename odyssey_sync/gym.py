@@ -60,6 +60,7 @@ import numpy.typing as npt
 from gymnasium import spaces
 
 from ._frames import VideoFrame
+from ._protocol import MAX_PROMPT_CHARS
 from .client import Odyssey
 from .errors import OdysseyStreamError
 
@@ -296,7 +297,7 @@ class OdysseyEnv(gymnasium.Env[Obs, Any]):
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is outside the action space {self.action_space}")
         prompt = self._to_prompt(action)
-        if prompt is not None and (not isinstance(prompt, str) or len(prompt) > 10_000):
+        if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
             raise ValueError(f"action_to_prompt returned {type(prompt).__name__}, "
                              "not a prompt string (or None)")
         self._require_open()
@@ -339,19 +340,21 @@ class OdysseyEnv(gymnasium.Env[Obs, Any]):
             return np.array(frame.data[..., :3])
 
     def close(self) -> None:
-        """End the stream, disconnect and join the environment's threads. Idempotent.
+        """Disconnect (which ends the stream) and join the environment's threads. Idempotent.
 
         Blocking, bounded by the client's teardown timeouts.
         """
         if self._closed:
             return
         self._closed = True
+        self._episode_open = False
+        # Disconnect first: it fails any interaction still waiting for its
+        # acknowledgement, so the sender thread is free to be joined at once.
+        self._client.close()
         sender, self._sender = self._sender, None
         if sender is not None:
             sender.shutdown(wait=True, cancel_futures=True)
         self._in_flight.clear()
-        self._episode_open = False
-        self._client.close()
 
     # ------------------------------------------------------------------ helpers
     def _require_open(self) -> None:
@@ -496,8 +499,8 @@ def _action_mapping(
         table: tuple[str | None, ...] = (None, *prompts)
         return spaces.Discrete(len(table)), lambda action: table[int(action)]
     if isinstance(max_prompt_chars, bool) or not isinstance(max_prompt_chars, int) or not (
-            1 <= max_prompt_chars <= 10_000):
-        raise ValueError("max_prompt_chars must be an int in 1..10000")
+            1 <= max_prompt_chars <= MAX_PROMPT_CHARS):
+        raise ValueError(f"max_prompt_chars must be an int in 1..{MAX_PROMPT_CHARS}")
     return spaces.Text(max_prompt_chars, min_length=0, charset=PRINTABLE), _text_prompt
 
 
