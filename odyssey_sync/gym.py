@@ -89,8 +89,8 @@ class OdysseyEnv(gymnasium.Env[Obs, Any]):
     directly; both accept the same keyword arguments.
 
     Args:
-        api_key: the account's API key (``None``: ``$ODYSSEY_API_KEY`` is not
-            read here; pass it explicitly, or ``client_options`` for tests).
+        api_key: the account's API key (needed by the first :meth:`reset`,
+            which raises ``OdysseyAuthError`` without one).
         api_url: REST base URL (e.g. ``LocalOdyssey().url``); ``None`` = the
             client's default.
         prompt: the prompt each episode starts with (``reset`` may override).
