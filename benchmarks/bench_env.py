@@ -106,7 +106,8 @@ if sys.argv[7] == "loop":
     world.World.video_frame = cached_video_frame
 
 with LocalOdyssey(size=(w, h), fps=fps, capacity=cap, max_concurrent_per_key=cap,
-                  recordings=False, api_key=sys.argv[5], data_dir=sys.argv[6]) as srv:
+                  recordings=False, api_key=sys.argv[5], data_dir=sys.argv[6],
+                  codec=sys.argv[8]) as srv:
     print("URL", srv.url, flush=True)
     sys.stdin.read()  # until the benchmark closes our stdin
 """
@@ -126,12 +127,13 @@ class Server:
 
 @contextmanager
 def server(
-    size: tuple[int, int], fps: float, capacity: int, *, looped: bool = False
+    size: tuple[int, int], fps: float, capacity: int, *, looped: bool = False,
+    codec: str = "vp8",
 ) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix="bench-env-") as data_dir:
         proc = subprocess.Popen(
             [sys.executable, "-c", SERVER_SCRIPT, str(size[0]), str(size[1]), str(fps),
-             str(capacity), BENCH_KEY, data_dir, "loop" if looped else "render"],
+             str(capacity), BENCH_KEY, data_dir, "loop" if looped else "render", codec],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
@@ -290,11 +292,12 @@ def baseline_streams(url: str, n: int, seconds: float) -> tuple[list[float], flo
     return [r.fps for r in runs], max(r.cpu_s for r in runs)
 
 
-def streams_part(seconds: float) -> str:
+def streams_part(seconds: float, codec: str) -> str:
     fps = 20.0
     plans = {(320, 176): (1, 2, 4, 6, 8, 12, 16), (1280, 704): (1, 2, 4, 6, 8)}
     lines = [
-        f"Server: subprocess at {fps:g} fps, VP8; each stream's first 40 packets are encoded, "
+        f"Server: subprocess at {fps:g} fps, {codec.upper()} only; each stream's first 40 "
+        "packets are encoded, "
         "then replayed in a loop (a source cheap enough not to be the bottleneck; the "
         f"client decodes and converts every frame as usual). {seconds:g} s window "
         "after 1 s warm-up. Sustained = the streams' mean fps ≥ 95 % of the source "
@@ -309,7 +312,7 @@ def streams_part(seconds: float) -> str:
         best = {"ours": (0, 0.0), "baseline": (0, 0.0)}
         misses = {"ours": 0, "baseline": 0}
         for n in counts:
-            with server(size, fps, n, looped=True) as srv:
+            with server(size, fps, n, looped=True, codec=codec) as srv:
                 for name, fn in (("ours", ours_streams), ("baseline", baseline_streams)):
                     if misses[name] >= 2:
                         continue  # two counts in a row not sustained: stop this client
@@ -333,7 +336,7 @@ def streams_part(seconds: float) -> str:
                 break
         (on, oc), (bn, bc) = best["ours"], best["baseline"]
         summary.append(
-            f"- {size[0]}x{size[1]}: ours sustains {on} streams, baseline {bn} "
+            f"- {codec.upper()} {size[0]}x{size[1]}: ours sustains {on} streams, baseline {bn} "
             f"(ratio {on / bn if bn else float('nan'):.2f}; goal ≥ 2); client CPU per stream at "
             f"those counts {oc:.1f} % vs {bc:.1f} % (ratio {oc / bc if bc else float('nan'):.2f}; "
             "goal ≤ 0.6)")
@@ -361,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("env", "fleet", "streams", "all"), default="all")
     parser.add_argument("--seconds", type=float, default=6.0, help="window of each run")
     parser.add_argument("--obs-size", default="84x84", help="observation size of part env")
+    parser.add_argument("--codecs", default="vp8,h264",
+                        help="server codecs of part streams, comma-separated")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
     sections = []
@@ -372,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("fleet", "all"):
         sections.append("**Fleet throughput**\n\n" + fleet_part(args.seconds))
     if args.part in ("streams", "all"):
-        sections.append("**Concurrent streams in one process**\n\n" + streams_part(args.seconds))
+        for codec in args.codecs.split(","):
+            sections.append(f"**Concurrent streams in one process ({codec.upper()})**\n\n"
+                            + streams_part(args.seconds, codec))
     text = machine + "\n" + "\n".join(sections)
     print(text)
     if args.markdown is not None:
