@@ -41,6 +41,7 @@ from .errors import OdysseyConnectionError
 __all__ = [
     "DATA_CHANNEL_FALLBACK_BYTES",
     "PeerEvents",
+    "RTCPeerConnection",
     "RtcPeer",
     "WhepPeer",
     "ice_servers_from_config",
