@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from ._deadline import Deadline, check_timeout
 from ._download import progress_bar
 from ._http import validate_id
-from ._rest import ApiClient
+from ._rest import ApiClient, check_page
 from ._scripts import build_simulation_body
 from .errors import (
     OdysseyConnectionError,
@@ -137,21 +137,22 @@ class OfflineMethods:
         Blocking, any thread.
 
         Args:
-            limit: page size (≥ 1), server default when ``None``.
-            offset: entries to skip (≥ 0).
+            limit: page size 1–100 (``MAX_LIST_LIMIT``), server default when ``None``.
+            offset: entries to skip, 0 to 2⁶³−1.
             timeout: overall seconds, or ``None``.
 
         Returns:
             :class:`StreamRecordingsList` (``recordings``, ``total``, ``limit``, ``offset``).
 
         Raises:
-            TypeError/ValueError: bad ``limit``/``offset`` or no API key.
+            TypeError/ValueError: bad ``limit``/``offset`` (the message names the
+                limit), bad ``timeout`` or no API key — before any request.
             OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
         """
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
-            raise TypeError("limit must be an int or None")
+        check_page(limit, offset)
+        deadline = _deadline(timeout)
         self._require_api_key("list_stream_recordings()")
-        return self._api.list_stream_recordings(limit, offset, deadline=_deadline(timeout))
+        return self._api.list_stream_recordings(limit, offset, deadline=deadline)
 
     def wait_for_recording(
         self,
@@ -323,18 +324,22 @@ class OfflineMethods:
 
         Raises:
             TypeError/ValueError: bad script (the message names the entry, e.g.
-                ``script[2]: entry has both 'interact' and 'end'``), no API key.
+                ``script[2]: entry has both 'interact' and 'end'``), a documented
+                limit exceeded (prompt length ``MAX_PROMPT_CHARS``, script length
+                ``MAX_SCRIPT_MS``, batch size ``MAX_SCRIPTS_PER_BATCH``; the
+                message names it), bad ``timeout``, no API key.
             OdysseyPermissionError: ``bypass_prompt_expansion`` without the privilege.
             OdysseyRequestError: the service refused the script.
             OdysseyUsageError: an account limit (429).
             OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
         """
+        deadline = _deadline(timeout)
         body = build_simulation_body(
             script=script, scripts=scripts, script_url=script_url, portrait=portrait,
             bypass_prompt_expansion=bypass_prompt_expansion,
         )
         self._require_api_key("simulate()")
-        return self._api.submit_simulation(body, deadline=_deadline(timeout))
+        return self._api.submit_simulation(body, deadline=deadline)
 
     def get_simulate_status(
         self, job_id: str, *, timeout: float | None = None
@@ -370,18 +375,20 @@ class OfflineMethods:
             status: only jobs in this status.
             active: ``True`` only pending/dispatched/processing jobs, ``False``
                 only finished ones.
-            limit: page size 1–100 (server default 20). offset: ≥ 0.
+            limit: page size 1–100 (``MAX_LIST_LIMIT``; server default 20).
+            offset: entries to skip, 0 to 2⁶³−1.
             timeout: overall seconds, or ``None``.
 
         Raises:
-            TypeError/ValueError: out-of-range or mistyped filters, no API key
-                (checked before any request).
+            TypeError/ValueError: out-of-range or mistyped filters (the message
+                names the limit), bad ``timeout``, no API key — before any request.
             OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
         """
+        check_page(limit, offset)
+        deadline = _deadline(timeout)
         self._require_api_key("list_simulations()")
         return self._api.list_simulations(
-            status=status, active=active, limit=limit, offset=offset,
-            deadline=_deadline(timeout),
+            status=status, active=active, limit=limit, offset=offset, deadline=deadline,
         )
 
     def cancel_simulation(self, job_id: str, *, timeout: float | None = None) -> SimulationJobInfo:
