@@ -74,6 +74,11 @@ def _check_poll_interval(value: Any) -> float:
     return float(value)
 
 
+def _check_progress(value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"progress must be a bool, not {type(value).__name__}")
+
+
 def _names_a_directory(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` ends with a path separator (``videos/``): a directory, existing or not."""
     text = os.fspath(path)
@@ -260,6 +265,7 @@ class OfflineMethods:
             OdysseyConnectionError (also on a truncated body).
         """
         validate_id(stream_id, "stream_id")
+        _check_progress(progress)
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
         target = Path(path)
@@ -446,6 +452,7 @@ class OfflineMethods:
             :meth:`get_simulate_status`.
         """
         validate_id(job_id, "job_id")
+        _check_progress(progress)
         interval = _check_poll_interval(poll_interval)
         deadline = _deadline(timeout)
         self._require_api_key("wait_for_simulation()")

@@ -328,6 +328,16 @@ def test_no_api_key_fails_before_any_request(slow_server: LocalOdyssey, tmp_path
         (lambda c, p: c.wait_for_simulation("j", poll_interval=0), ValueError, "poll_interval"),
         (lambda c, p: c.get_recording("s", timeout=-1), ValueError, "timeout"),
         (lambda c, p: c.get_recording("s", timeout="1"), TypeError, "timeout"),
+        (lambda c, p: c.download_recording("s", p, progress="yes"), TypeError, "progress"),
+        (lambda c, p: c.download_recording(".", p), ValueError, "stream_id"),
+        (lambda c, p: c.download_recording("s", p, timeout=float("nan")), ValueError,
+         "timeout"),
+        (lambda c, p: c.wait_for_simulation("j", progress=None), TypeError, "progress"),
+        (lambda c, p: c.list_stream_recordings(limit=101), ValueError, "between 1 and 100"),
+        (lambda c, p: c.list_stream_recordings(offset=2**63), ValueError, "offset"),
+        (lambda c, p: c.simulate(script=SCRIPT_A, timeout=-1), ValueError, "timeout"),
+        (lambda c, p: c.simulate(scripts=[SCRIPT_A] * 17), ValueError,
+         "MAX_SCRIPTS_PER_BATCH"),
     ],
 )
 def test_bad_arguments_fail_before_any_request(
