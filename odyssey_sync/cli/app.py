@@ -74,7 +74,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     out = Output(bool(args.json), sys.stdout, sys.stderr)
     handler: Handler = args.handler
     try:
-        return handler(args, out)
+        code = handler(args, out)
+        if out.stdout_closed:  # found out on another thread; the command still ran
+            _silence_stdout()
+            return EXIT_BROKEN_PIPE
+        return code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED

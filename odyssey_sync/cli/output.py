@@ -67,12 +67,19 @@ class Output:
     ``as_json`` selects JSON Lines on stdout; :meth:`info` always writes to
     stderr. Every method is non-blocking apart from the write itself and may be
     called from any thread.
+
+    When stdout's reader goes away (``odyssey-sync demo | head``), the write
+    that finds out raises :class:`BrokenPipeError` on the main thread, so the
+    command ends; on other threads (SDK callbacks) it is dropped, and every
+    later main-thread write raises. :attr:`stdout_closed` tells the caller.
     """
 
     def __init__(self, as_json: bool, stdout: TextIO, stderr: TextIO) -> None:
         self.as_json = as_json
         self.stdout = stdout
         self.stderr = stderr
+        #: stdout's reader went away
+        self.stdout_closed = False
         self._lock = threading.Lock()
 
     def info(self, text: str) -> None:
@@ -83,26 +90,32 @@ class Output:
     def line(self, text: str) -> None:
         """A result line for humans (stdout; nothing with ``--json``)."""
         if not self.as_json:
-            with self._lock:
-                print(text, file=self.stdout, flush=True)
+            self._write(text)
 
     def event(self, value: dict[str, Any]) -> None:
         """One JSON line for an event as it happens (nothing without ``--json``)."""
         if self.as_json:
-            self._json_line(value)
+            self._write(json.dumps(to_jsonable(value), ensure_ascii=False))
 
     def result(self, value: Any, human: Callable[[], None] | None = None) -> None:
         """The command's result: one JSON line with ``--json``, else call ``human``."""
         if self.as_json:
-            self._json_line(value)
+            self._write(json.dumps(to_jsonable(value), ensure_ascii=False))
         elif human is not None:
             human()
 
-    def _json_line(self, value: Any) -> None:
-        text = json.dumps(to_jsonable(value), ensure_ascii=False)
+    def _write(self, text: str) -> None:
+        on_main = threading.current_thread() is threading.main_thread()
         with self._lock:
-            self.stdout.write(text + "\n")
-            self.stdout.flush()
+            if not self.stdout_closed:
+                try:
+                    self.stdout.write(text + "\n")
+                    self.stdout.flush()
+                    return
+                except BrokenPipeError:
+                    self.stdout_closed = True
+        if on_main:
+            raise BrokenPipeError("stdout was closed by its reader")
 
 
 def to_jsonable(value: Any) -> Any:
