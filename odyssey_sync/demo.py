@@ -71,7 +71,10 @@ class DemoReport:
     latency_ms_p99: float | None
     video: str | None
     contact_sheet: str | None
-    contact_sheet_tiles: int
+    #: each tile's time, seconds since the stream's first frame
+    contact_sheet_seconds: list[float]
+    #: each interaction's acknowledgement, seconds since the stream's first frame
+    interaction_seconds: list[float]
     notes: list[str] = field(default_factory=list)
 
 
@@ -86,8 +89,8 @@ class _StreamSampler:
     stream's frames to the MP4, keeps thumbnails for the contact sheet and
     reads the local server's frame stamps for latency.
 
-    The main thread only calls :meth:`stream_requested`, :meth:`started` and
-    :meth:`interacted`, under the lock.
+    The main thread only calls :meth:`stream_requested`, :meth:`started`,
+    :meth:`interacted` and :meth:`ending`, under the lock.
     """
 
     def __init__(self, writer: Mp4Writer, *, stamped: bool, seconds: float) -> None:
@@ -97,6 +100,7 @@ class _StreamSampler:
         self._lock = threading.Lock()
         self._requested = False
         self._started_at: float | None = None  # start_stream returned (monotonic)
+        self._ending_at: float | None = None  # end_stream was called (monotonic)
         self._want_tile = False  # an interaction was acknowledged: keep its next frame
         self._first_at: float | None = None  # the stream's first frame (monotonic)
         self._last_number: int | None = None
@@ -120,10 +124,17 @@ class _StreamSampler:
         with self._lock:
             return self._first_at
 
+    def ending(self) -> None:
+        with self._lock:
+            self._ending_at = time.monotonic()
+
     def __call__(self, frame: Any) -> None:
         stamp = self._decode(frame.data, now=frame.received_at) if self._decode else None
         with self._lock:
-            if self._first_at is None and not self._is_first(frame, stamp):
+            restarted = self._restarted(stamp)
+            if self._ending_at is not None and frame.received_at >= self._ending_at:
+                return  # after end_stream was asked for: the idle picture again
+            if self._first_at is None and not self._is_first(frame, stamp, restarted):
                 return
             if self._first_at is None:
                 self._first_at = frame.received_at
@@ -137,24 +148,31 @@ class _StreamSampler:
             self._last_tile = t
             self.tiles.append(_Tile(t, _thumbnail(frame.data)))
 
-    def _is_first(self, frame: Any, stamp: Any) -> bool:
+    def _restarted(self, stamp: Any) -> bool | None:
+        """Whether the stamp's frame number went down (None: no stamp or no predecessor)."""
+        if stamp is None:
+            return None
+        previous, self._last_number = self._last_number, stamp.frame
+        return None if previous is None else stamp.frame < previous
+
+    def _is_first(self, frame: Any, stamp: Any, restarted: bool | None) -> bool:
         """Whether ``frame`` is the stream's first (caller holds the lock).
 
         Before a stream starts, a server may send an idle picture, and its
         frames can still be in flight when the stream's first frame arrives.
-        With the local server's stamps the stream is where the frame numbers
-        restart; without them, the first frame after ``start_stream`` returned.
+        The local server numbers the idle picture's frames and the stream's
+        separately, so the stream starts where the numbers go down; without
+        stamps, it starts with the first frame after ``start_stream`` returned.
         """
         if not self._requested:
             return False
         started = self._started_at
-        if stamp is not None:
-            previous, self._last_number = self._last_number, stamp.frame
-            if stamp.frame == 0 or (previous is not None and stamp.frame < previous):
-                return True
-            # No restart seen (its frames lost): give up waiting for one soon.
-            return started is not None and frame.received_at - started > _RESTART_WAIT
-        return started is not None and frame.received_at >= started
+        if restarted:
+            return True
+        if stamp is None or restarted is None:
+            return started is not None and frame.received_at >= started
+        # No restart seen (those frames lost): give up waiting for one soon.
+        return started is not None and frame.received_at - started > _RESTART_WAIT
 
 
 def _stamp_decoder() -> Callable[..., Any]:
@@ -174,36 +192,36 @@ def _thumbnail(rgb: Any) -> Any:
 
 
 def choose_tiles(
-    tiles: list[_Tile], interactions: list[float], count: int = _SHEET_TILES
-) -> list[_Tile]:
-    """``count`` tiles spread evenly from the first to the last, plus, for every
-    interaction (seconds since the stream's first frame) whose span has none,
-    its first tile. Pure; returns them in time order."""
-    if not tiles:
+    times: list[float], interactions: list[float], count: int = _SHEET_TILES
+) -> list[int]:
+    """Which of the candidate frames at ``times`` (ascending seconds since the
+    stream's first frame) go on the contact sheet: ``count`` spread evenly from
+    the first to the last, plus, for each interaction (its acknowledgement
+    time) whose span up to the next one has none yet, that span's first
+    candidate. Pure; returns indices in ascending order."""
+    if not times:
         return []
-    end = tiles[-1].at
-    chosen: dict[int, _Tile] = {}
+    end = times[-1]
+    chosen: set[int] = set()
     for i in range(count):
         target = end * i / (count - 1) if count > 1 else 0.0
-        best = min(tiles, key=lambda tile: abs(tile.at - target))
-        chosen[id(best)] = best
+        chosen.add(min(range(len(times)), key=lambda k: abs(times[k] - target)))
     bounds = [*interactions, float("inf")]
     for start, stop in itertools.pairwise(bounds):
-        if not any(start <= tile.at < stop for tile in chosen.values()):
-            inside = [tile for tile in tiles if start <= tile.at < stop]
-            if inside:
-                chosen[id(inside[0])] = inside[0]
-    return sorted(chosen.values(), key=lambda tile: tile.at)
+        inside = [k for k, t in enumerate(times) if start <= t < stop]
+        if inside and not any(start <= times[k] < stop for k in chosen):
+            chosen.add(inside[0])
+    return sorted(chosen)
 
 
 def _contact_sheet(
     tiles: list[_Tile], acked: list[tuple[float, str]], prompt: str, path: Path
-) -> int:
+) -> list[float]:
     from PIL import Image, ImageDraw
 
-    chosen = choose_tiles(tiles, [at for at, _ in acked])
+    chosen = [tiles[k] for k in choose_tiles([t.at for t in tiles], [at for at, _ in acked])]
     if not chosen:
-        return 0
+        return []
     w, h = chosen[0].image.size
     cols = min(_SHEET_COLUMNS, len(chosen))
     rows = (len(chosen) + cols - 1) // cols
@@ -220,7 +238,7 @@ def _contact_sheet(
         draw.rectangle((x, y + h - 14, x + w, y + h), fill=(0, 0, 0))
         draw.text((x + 4, y + h - 13), label, fill=(235, 235, 235))
     sheet.save(path)
-    return len(chosen)
+    return [round(tile.at, 3) for tile in chosen]
 
 
 def run_demo(
@@ -316,6 +334,7 @@ def _stream(
                 sampler.interacted()
                 say(f"  interact → {ack}")
             _sleep_until(t0 + seconds)
+            sampler.ending()
             client.end_stream()
             stats = client.stats
         finally:
@@ -334,7 +353,8 @@ def _stream(
         latency_ms_p50=round(lat[len(lat) // 2], 2) if lat else None,
         latency_ms_p99=round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2) if lat else None,
         video=str(video_path) if writer.frames else None,
-        contact_sheet=str(sheet_path) if tiles else None, contact_sheet_tiles=tiles,
+        contact_sheet=str(sheet_path) if tiles else None, contact_sheet_seconds=tiles,
+        interaction_seconds=[round(at, 3) for at, _ in relative],
     )
     if embedded:
         report.notes.append(STAMP_EXPLANATION)
@@ -352,7 +372,7 @@ def _say_report(report: DemoReport, say: Callable[[str], None]) -> None:
     if report.video:
         say(f"wrote {report.video}")
     if report.contact_sheet:
-        say(f"wrote {report.contact_sheet} ({report.contact_sheet_tiles} moments, evenly "
+        say(f"wrote {report.contact_sheet} ({len(report.contact_sheet_seconds)} moments, evenly "
             "over the stream, each labelled with its time and prompt)")
     for note in report.notes:
         say(f"note: {note}")
