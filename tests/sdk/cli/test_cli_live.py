@@ -76,7 +76,7 @@ def test_stream_broadcast_json_prints_the_spectator_details_at_once(
         assert first["event"] == "broadcast_ready"
         assert first["webrtc_url"].startswith(server.url) and first["spectator_token"]
         proc.send_signal(signal.SIGINT)
-        rest, err = finish(proc)
+        _, err = finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
