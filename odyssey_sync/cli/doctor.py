@@ -125,9 +125,10 @@ def check_native() -> Check:
             "native", "fail",
             "NumPy fallback in use: the native extension odyssey_sync._yuv is not built "
             f"({import_error})", details,
-            fix="install a prebuilt wheel (pip install --force-reinstall odyssey-sync), or "
-                "install a C compiler and reinstall from source with ODYSSEY_SYNC_NATIVE=1 "
-                f"to see why the build fails; see {_TROUBLESHOOTING}")
+            fix="install a prebuilt wheel (pip install --force-reinstall --only-binary "
+                "odyssey-sync odyssey-sync), or install a C compiler and rebuild with "
+                "ODYSSEY_SYNC_NATIVE=1 pip install --force-reinstall --no-binary odyssey-sync "
+                f"odyssey-sync (=1 makes a failed build say why); see {_TROUBLESHOOTING}")
     return Check("native", "fail",
                  "NumPy fallback in use although odyssey_sync._yuv imports (it was disabled "
                  "when odyssey_sync was first imported)", details,

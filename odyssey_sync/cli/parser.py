@@ -100,6 +100,13 @@ def _add_orientation(parser: argparse.ArgumentParser, *, portrait: bool = True) 
                        help="landscape video" + ("" if portrait else " (default)"))
 
 
+def _add_paging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=_non_negative_int, default=None,
+                   help="at most this many (the service's own range applies)")
+    p.add_argument("--offset", type=_non_negative_int, default=None,
+                   help="skip this many first")
+
+
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("server options")
     group.add_argument("--host", default="127.0.0.1",
@@ -201,8 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     actions.required = True
     q = command(actions, "list", "list your recordings, newest first")
-    q.add_argument("--limit", type=_non_negative_int, default=None)
-    q.add_argument("--offset", type=_non_negative_int, default=None)
+    _add_paging(q)
     q.set_defaults(handler=jobs.cmd_recordings_list)
     q = command(actions, "get", "show one recording (presigned URLs)")
     q.add_argument("stream_id", metavar="STREAM_ID")
