@@ -24,7 +24,7 @@ SCRIPT = [
 
 @pytest.mark.slow
 def test_simulate_wait_download_and_recordings(
-    run_cli: Any, one_line_error: Any, jobs_server: LocalOdyssey, tmp_path: Path
+    run_cli: Any, cli_main: Any, one_line_error: Any, jobs_server: LocalOdyssey, tmp_path: Path
 ) -> None:
     api = ["--api-url", jobs_server.url, "--api-key", jobs_server.api_key]
     script = tmp_path / "script.json"
@@ -41,32 +41,32 @@ def test_simulate_wait_download_and_recordings(
     with av.open(str(video)) as container:
         assert sum(1 for _ in container.decode(video=0)) > 0
 
-    listed = run_cli("--json", *api, "simulations", "list", "--status", "completed")
+    listed = cli_main("--json", *api, "simulations", "list", "--status", "completed")
     assert listed.returncode == 0, listed.stderr
     assert job["job_id"] in [j["job_id"] for j in json.loads(listed.stdout)["jobs"]]
-    got = run_cli("--json", *api, "simulations", "get", job["job_id"])
+    got = cli_main("--json", *api, "simulations", "get", job["job_id"])
     assert json.loads(got.stdout)["status"] == "completed"
-    cancel = run_cli(*api, "simulations", "cancel", job["job_id"])
+    cancel = cli_main(*api, "simulations", "cancel", job["job_id"])
     one_line_error(cancel, 1)  # a finished job cannot be cancelled (400)
 
     stream_id = job["streams"][0]["stream_id"]
-    rec = run_cli("--json", *api, "recordings", "get", stream_id)
+    rec = cli_main("--json", *api, "recordings", "get", stream_id)
     assert rec.returncode == 0, rec.stderr
     assert json.loads(rec.stdout)["stream_id"] == stream_id
     target = tmp_path / "dl"
     target.mkdir()
-    dl = run_cli(*api, "recordings", "download", stream_id, str(target))
+    dl = cli_main(*api, "recordings", "download", stream_id, str(target))
     assert dl.returncode == 0, dl.stderr
     assert (target / f"{stream_id}.mp4").stat().st_size > 0
-    listing = run_cli("--json", *api, "recordings", "list", "--limit", "5")
+    listing = cli_main("--json", *api, "recordings", "list", "--limit", "5")
     assert listing.returncode == 0, listing.stderr
     assert "recordings" in json.loads(listing.stdout)
 
 
-def test_server_errors_are_one_line(run_cli: Any, one_line_error: Any, api: list[str],
+def test_server_errors_are_one_line(cli_main: Any, one_line_error: Any, api: list[str],
                                     server: LocalOdyssey) -> None:
-    one_line_error(run_cli(*api, "recordings", "get", "no-such-stream"), 1)
-    bad_key = run_cli("--api-url", server.url, "--api-key", "wrong-key", "recordings", "list")
+    one_line_error(cli_main(*api, "recordings", "get", "no-such-stream"), 1)
+    bad_key = cli_main("--api-url", server.url, "--api-key", "wrong-key", "recordings", "list")
     one_line_error(bad_key, 1)
     assert "wrong-key" not in bad_key.stderr
 

@@ -97,15 +97,15 @@ def test_stream_broadcast_result_carries_the_details(run_cli: Any, api: list[str
 def test_piped_interact_records_the_stream(run_cli: Any, api: list[str], tmp_path: Path) -> None:
     out = tmp_path / "r.mp4"
     proc = run_cli("--json", *api, "interact", "A rover on a plain", "--out", str(out),
-                   stdin="The rover turns left\n\nA dust storm rises\n")
+                   stdin="\nA dust storm rises\n")
     assert proc.returncode == 0, proc.stderr
     events = json_lines(proc.stdout)
     assert [e["event"] for e in events] == ["stream_started", "interact_acknowledged",
-                                            "interact_acknowledged", "stream_ended"]
+                                            "stream_ended"]
     frames = decoded(out)
     # The default hold (2 s after the start and after each line when stdin is
-    # piped) at 15 fps: about 90 frames; one dark frame was the bug.
-    assert len(frames) >= 45 and events[-1]["frames"] == len(frames)
+    # piped) at 15 fps: about 60 frames; one dark frame was the bug.
+    assert len(frames) >= 30 and events[-1]["frames"] == len(frames)
     assert np.mean(frames[-1]) > 30
     assert np.mean(np.abs(frames[0].astype(int) - frames[-1].astype(int))) > 5
 
@@ -116,7 +116,7 @@ def test_interact_human_output(run_cli: Any, api: list[str]) -> None:
     assert "acknowledged:" in proc.stdout and "ended after 1 interaction" in proc.stdout
 
 
-def test_spectate_watches_a_live_broadcast(run_cli: Any, one_line_error: Any,
+def test_spectate_watches_a_live_broadcast(cli_main: Any, one_line_error: Any,
                                            server: LocalOdyssey, tmp_path: Path) -> None:
     ready = threading.Event()
     infos: list[BroadcastInfo] = []
@@ -130,14 +130,14 @@ def test_spectate_watches_a_live_broadcast(run_cli: Any, one_line_error: Any,
         assert ready.wait(15)
         info = infos[0]
         out = tmp_path / "watched.mp4"
-        proc = run_cli("--json", "spectate", info.webrtc_url, "-", "--seconds", "1.5",
+        proc = cli_main("--json", "spectate", info.webrtc_url, "-", "--seconds", "1.5",
                        "--out", str(out), stdin=info.spectator_token + "\n")
         assert proc.returncode == 0, proc.stderr
         [result] = json_lines(proc.stdout)
         assert result["frames"] > 0 and result["ended"] is False
         assert info.spectator_token not in proc.stderr
         assert len(decoded(out)) == result["frames"]
-        bad = run_cli("spectate", info.webrtc_url, "-", stdin="wrong-token\n")
+        bad = cli_main("spectate", info.webrtc_url, "-", stdin="wrong-token\n")
         one_line_error(bad, 1, "401")
         owner.end_stream()
 
