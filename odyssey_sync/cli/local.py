@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from ..local import LocalOdyssey, default_data_dir
-from .output import EXIT_OK, PROG, Output, human_size
+from .output import EXIT_OK, PROG, CommandFailed, Output, human_size
 
 __all__ = ["cmd_demo", "cmd_local_prune", "cmd_serve"]
 
@@ -93,8 +93,10 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     report = run_demo(api_url=args.api_url, api_key=args.api_key, out_dir=args.out,
                       prompt=args.prompt, seconds=args.seconds, portrait=args.portrait,
                       say=out.info if out.as_json else out.line)
+    if not report.frames_written:
+        raise CommandFailed("the demo received no video frame")
     out.result(report)
-    return EXIT_OK if report.frames_written else 1
+    return EXIT_OK
 
 
 def cmd_local_prune(args: argparse.Namespace, out: Output) -> int:
