@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 import time
@@ -143,19 +144,20 @@ class Window:
             import cv2
         except ImportError:
             raise UsageError("--show needs OpenCV: pip install opencv-python") from None
+        headless = UsageError("--show needs OpenCV built with GUI support: pip uninstall "
+                              "opencv-python-headless && pip install opencv-python")
+        if re.search(r"^\s*GUI:\s*NONE\s*$", cv2.getBuildInformation(), re.MULTILINE):
+            raise headless
         if sys.platform.startswith("linux") and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
         ):
-            # Checked first: some OpenCV GUI back-ends abort the whole process
-            # when no display can be opened.
+            # Checked before opening a window: some OpenCV GUI back-ends abort
+            # the whole process when no display can be opened.
             raise UsageError("--show needs a display (DISPLAY is not set)")
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error:
-            raise UsageError(
-                "--show needs OpenCV built with GUI support (opencv-python, "
-                "not opencv-python-headless)"
-            ) from None
+            raise headless from None
         self._cv2 = cv2
         #: set when the user pressed q or Esc
         self.closed = False

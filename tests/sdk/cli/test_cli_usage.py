@@ -111,6 +111,16 @@ def test_show_without_display_is_a_clear_error(
     one_line_error(cli_main("stream", "A cat", "--show", *NOWHERE), 2, "--show")
 
 
+def test_show_with_headless_opencv_names_the_package(
+    cli_main: Any, one_line_error: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cv2 = pytest.importorskip("cv2")
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: "  GUI:    NONE\n")
+    monkeypatch.setenv("DISPLAY", ":99")
+    one_line_error(cli_main("stream", "A cat", "--show", *NOWHERE), 2, "GUI support",
+                   "pip install opencv-python")
+
+
 def test_spectate_empty_token_from_stdin_is_a_usage_error(
     cli_main: Any, one_line_error: Any
 ) -> None:
