@@ -201,3 +201,14 @@ def test_closed_stdout_exits_quietly(popen_cli: Any, tmp_path: Path, as_json: bo
     proc.stderr.close()
     assert proc.returncode == 141, err
     assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_stream_from_an_image(cli_main: Any, api: list[str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    image = tmp_path / "start.png"
+    Image.new("RGB", (200, 120), (200, 40, 40)).save(image)
+    proc = cli_main("--json", *api, "stream", "A red room", "--image", str(image),
+                    "--landscape", "--seconds", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["frames"] > 0
