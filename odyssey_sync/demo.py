@@ -178,7 +178,7 @@ class _StreamSampler:
 def _stamp_decoder() -> Callable[..., Any]:
     # The stamp belongs to the local server's renderer; only the demo, which
     # starts that server, reads it.
-    from .local.stamp import decode_stamp
+    from .local.render.stamp import decode_stamp
 
     return decode_stamp
 

@@ -238,7 +238,7 @@ def check_api(args: argparse.Namespace) -> Check:
 
 def _check_api_calls(url: str, key: str, timeout: float, details: dict[str, Any]) -> Check:
     # The SDK's own REST boundary, so the doctor sees what a client sees.
-    from .._api import ApiClient
+    from .._rest import ApiClient
 
     with ApiClient(url, key, timeout=timeout) as api:
         started = time.monotonic()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from odyssey_sync import OdysseyConnectionError, OdysseyError
 from odyssey_sync.demo import DEMO_INTERACTIONS, STAMP_EXPLANATION, choose_tiles, run_demo
-from odyssey_sync.local.stamp import decode_stamp
+from odyssey_sync.local.render.stamp import decode_stamp
 
 
 @pytest.fixture(autouse=True)
