@@ -53,6 +53,8 @@ T = TypeVar("T")
 #: threads of the loop's default executor (renders, encodes, image decodes,
 #: getaddrinfo): the size asyncio would pick by default.
 _EXECUTOR_WORKERS = min(32, (os.cpu_count() or 1) + 4)
+#: longest wait at interpreter exit for a forgotten server's pending recordings
+_EXIT_RENDER_WAIT = 30.0
 
 
 def _prestarted_executor(workers: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
@@ -274,7 +276,7 @@ class LocalOdyssey:
             self._close_store()
             self._stopped = True
             raise
-        _stop_at_exit(self)
+        _finish_renders_at_exit(self)
         log.info("local Odyssey server listening on %s (data: %s)", self._url, self._data_dir)
         return self
 
@@ -469,27 +471,37 @@ class LocalOdyssey:
         return dict(row)
 
 
-def _stop_at_exit(server: LocalOdyssey) -> None:
-    """Stop ``server`` when the interpreter exits without :meth:`LocalOdyssey.stop`.
+def _finish_renders_at_exit(server: LocalOdyssey) -> None:
+    """At interpreter exit, let ``server`` finish the recordings it has pending.
 
     Registered with ``threading``'s exit hooks, which run before those of
     ``concurrent.futures`` (they run in reverse order of registration, and
-    that module registers at import): so a recording still rendering, or
-    about to, finishes and is recorded instead of dying with "cannot
-    schedule new futures after shutdown". ``stop()`` is bounded, so a
-    forgotten server never hangs exit. Holds only a weak reference.
+    that module registers at import) while the server's threads still run:
+    a recording scheduled or rendering when the program ends without
+    :meth:`LocalOdyssey.stop` is finished and recorded instead of dying with
+    "cannot schedule new futures after shutdown". The server keeps serving
+    meanwhile (forgotten clients' own exit hooks may still disconnect from
+    it). Bounded (30 s), so a forgotten server never hangs exit; anything
+    still pending then stays "rendering" in the store and the next start on
+    the data directory renders it. Holds only a weak reference.
     """
     ref = weakref.ref(server)
 
     def hook() -> None:
-        alive = ref()
-        if alive is not None and alive.running:
-            alive.stop()
+        deadline = time.monotonic() + _EXIT_RENDER_WAIT
+        while time.monotonic() < deadline:
+            alive = ref()
+            if alive is None or not alive.running or alive._backend is None \
+                    or alive._backend.renders_pending == 0:
+                return
+            del alive
+            time.sleep(0.02)
 
     register = getattr(threading, "_register_atexit", None)
-    if register is None:  # pragma: no cover - CPython < 3.9
-        import atexit
+    with contextlib.suppress(RuntimeError):  # registering during shutdown
+        if register is None:  # pragma: no cover - CPython < 3.9
+            import atexit
 
-        atexit.register(hook)
-    else:
-        register(hook)
+            atexit.register(hook)
+        else:
+            register(hook)

@@ -8,11 +8,13 @@ restart hygiene and start-up checks of the frame size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -348,6 +350,10 @@ def test_a_server_never_stopped_keeps_its_last_recording(tmp_path: Path) -> None
                           cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr
     assert "cannot schedule new futures" not in proc.stderr
+    # finished at exit (not merely left for the next start)
+    with contextlib.closing(sqlite3.connect(tmp_path / "odyssey-local.sqlite3")) as db:
+        assert db.execute("SELECT render_state FROM streams WHERE stream_id = 'last'"
+                          ).fetchall() == [("ready",)]
     with local_server(tmp_path) as server:
         row = server.wait_for_recording("last", timeout=60)
         assert row["render_state"] == "ready" and row["frame_count"] == 20
