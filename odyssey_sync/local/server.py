@@ -40,6 +40,7 @@ from .datadir import DB_NAME, DataDirLock, default_data_dir, stored_or_new_key
 from .faults import Faults
 from .http.app import build_app
 from .http.backend import LocalBackend
+from .http.middleware import protocol_error_logger
 from .limits import check_frame_size, check_seconds
 from .realtime.signaling import REALTIME_KEY, RealtimeHub
 from .store import Row, Store
@@ -351,7 +352,7 @@ class LocalOdyssey:
         # shutdown_timeout bounds how long stop() waits for requests in flight
         # (a long download, a client that never reads) before closing them.
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               shutdown_timeout=3.0)
+                               shutdown_timeout=3.0, logger=protocol_error_logger())
         self._runner = runner
         await runner.setup()
         site = web.TCPSite(runner, self._config.host, self._config.port,

@@ -129,6 +129,33 @@ def test_deep_json_over_signaling_is_refused_without_traceback(
     no_tracebacks(caplog)
 
 
+@pytest.mark.parametrize("segment", ["%ED%A0%80", "%FF", "%00", "..", "x" * 3000])
+def test_hostile_path_segments_are_4xx(api: Api, segment: str,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    for path in (f"/recordings/{segment}", f"/media/{segment}/video?expires=1&sig=x",
+                 f"/simulation-jobs/{segment}", f"/scripts/{segment}/json?expires=1&sig=x",
+                 f"/sig/client/{segment}?token=abc", f"/simulation-jobs?status={segment}"):
+        r = api.get(path)
+        assert 400 <= r.status_code < 500, (path, r.status_code, r.text[:200])
+        assert "detail" in r.json()
+    no_tracebacks(caplog)
+
+
+def test_malformed_http_is_400_without_traceback(server: LocalOdyssey,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    caplog.set_level(logging.INFO)
+    host, port = server.url.rsplit(":", 1)
+    with socket.create_connection((host.split("//")[1], int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /ping?" + b"x" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = sock.recv(4096)
+    assert reply.split(b"\r\n", 1)[0].split()[1] == b"400", reply[:100]
+    no_tracebacks(caplog)
+    assert requests.get(server.url + "/ping", timeout=10).status_code == 200
+
+
 # -- prompt cap -----------------------------------------------------------------------
 
 
