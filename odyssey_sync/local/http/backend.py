@@ -475,8 +475,12 @@ class LocalBackend:
         now = time.monotonic()
         return {
             "capacity": self.config.capacity,
+            "sessions_in_use": len(self.allocations),
+            "free_capacity": self.config.capacity - len(self.allocations),
             "allocations": [{"session_id": a.session_id, "key_id": a.key_id, "slot": a.slot,
-                             "connected": a.connected, "age_seconds": round(now - a.created, 3)}
+                             "connected": a.connected, "age_seconds": round(now - a.created, 3),
+                             "stale_seconds": None if a.stale_since is None
+                             else round(now - a.stale_since, 3)}
                             for a in self.allocations.values()],
             "streams": [{k: r[k] for k in ("stream_id", "key_id", "session_id", "job_id",
                                             "width", "height", "started_at", "ended_at",
