@@ -129,13 +129,15 @@ def test_deep_json_over_signaling_is_refused_without_traceback(
     no_tracebacks(caplog)
 
 
-@pytest.mark.parametrize("segment", ["%ED%A0%80", "%FF", "%00", "..", "x" * 3000])
+@pytest.mark.parametrize("segment", ["%ED%A0%80", "%FF", "%00", "..", "x" * 3000, "%C2%B2",
+                                     "%D9%A1" * 3])
 def test_hostile_path_segments_are_4xx(api: Api, segment: str,
                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     for path in (f"/recordings/{segment}", f"/media/{segment}/video?expires=1&sig=x",
                  f"/simulation-jobs/{segment}", f"/scripts/{segment}/json?expires=1&sig=x",
-                 f"/sig/client/{segment}?token=abc", f"/simulation-jobs?status={segment}"):
+                 f"/sig/client/{segment}?token=abc", f"/simulation-jobs?status={segment}",
+                 f"/media/x/video?expires={segment}&sig={segment}"):
         r = api.get(path)
         assert 400 <= r.status_code < 500, (path, r.status_code, r.text[:200])
         assert "detail" in r.json()
