@@ -70,7 +70,7 @@ class _Recorder:
         from PIL import Image
 
         try:
-            from .local.stamp import decode_stamp
+            from .local.render.stamp import decode_stamp
         except ImportError:  # pragma: no cover - the local package ships with us
             decode_stamp = None  # type: ignore[assignment]
         container = None
