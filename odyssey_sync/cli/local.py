@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-from ..local import LocalOdyssey, default_data_dir
+from ..local import default_data_dir
 from .output import EXIT_OK, PROG, CommandFailed, Output, human_size
 
 __all__ = ["cmd_demo", "cmd_local_prune", "cmd_serve"]
@@ -47,11 +47,10 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     Start-up failures (port in use, bad size, unusable data directory)
     propagate: the caller prints them as one line.
     """
+    from ..local.cli import server_from_args
+
     given_key = args.api_key or None
-    server = LocalOdyssey(
-        host=args.host, port=args.port, api_key=given_key, data_dir=args.data_dir,
-        fps=args.fps, size=tuple(args.size), codec=args.codec, capacity=args.capacity,
-        session_timeout=args.session_timeout)
+    server = server_from_args(args)
     stop = threading.Event()
     with _stop_on_signals(stop):
         server.start()

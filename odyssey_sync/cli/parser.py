@@ -108,25 +108,10 @@ def _add_paging(p: argparse.ArgumentParser) -> None:
 
 
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("server options")
-    group.add_argument("--host", default="127.0.0.1",
-                       help="interface to listen on (default: 127.0.0.1)")
-    group.add_argument("--port", type=_port, default=8787,
-                       help="TCP port (default: 8787; 0 picks a free one)")
-    group.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
-                       help="state directory (default: the user cache directory)")
-    group.add_argument("--fps", type=_positive_float, default=30.0,
-                       help="frames per second of streams (default: 30)")
-    group.add_argument("--size", type=_size, default=(1280, 704), metavar="WxH",
-                       help="landscape frame size; portrait swaps it (default: 1280x704)")
-    group.add_argument("--codec", choices=("vp8", "h264", "any"), default="vp8",
-                       help="video codec offered to clients (default: vp8)")
-    group.add_argument("--capacity", type=int, default=1,
-                       help="streamer slots; more clients queue (default: 1)")
-    group.add_argument("--session-timeout", type=_positive_float, default=300.0, metavar="S",
-                       help="maximum stream duration in seconds (default: 300)")
-    group.add_argument("--verbose", "-v", action="store_true",
-                       help="log requests and server events to stderr")
+    # One definition of the server's options: the embedded server's own CLI.
+    from ..local.cli import add_serve_arguments
+
+    add_serve_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

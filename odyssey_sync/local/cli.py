@@ -23,7 +23,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .limits import (
     DEFAULT_CONNECTION_LIMIT,
@@ -32,7 +32,17 @@ from .limits import (
     check_frame_size,
 )
 
-__all__ = ["add_prune_arguments", "add_serve_arguments", "main", "run_prune", "run_serve"]
+if TYPE_CHECKING:
+    from .server import LocalOdyssey
+
+__all__ = [
+    "add_prune_arguments",
+    "add_serve_arguments",
+    "main",
+    "run_prune",
+    "run_serve",
+    "server_from_args",
+]
 
 log = logging.getLogger("odyssey_sync.local")
 
@@ -114,13 +124,34 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                        help="log requests and server events to stderr")
 
 
+def server_from_args(args: argparse.Namespace) -> LocalOdyssey:
+    """A (not yet started) server from the :func:`add_serve_arguments` options.
+
+    Non-blocking. ``--session-timeout`` (deprecated) is honoured with a warning
+    on stderr when ``--stream-limit`` is not given.
+    """
+    from .server import LocalOdyssey
+
+    stream_limit = args.stream_limit
+    if args.session_timeout is not None:
+        sys.stderr.write("warning: --session-timeout is deprecated; use --stream-limit\n")
+        if stream_limit is None:
+            stream_limit = args.session_timeout
+    return LocalOdyssey(
+        host=args.host, port=args.port, api_key=getattr(args, "api_key", None) or None,
+        data_dir=args.data_dir, fps=args.fps, size=tuple(args.size), codec=args.codec,
+        capacity=args.capacity,
+        stream_limit=DEFAULT_STREAM_LIMIT if stream_limit is None else stream_limit,
+        connection_limit=args.connection_limit,
+        stale_session_timeout=args.stale_session_timeout)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Run the server until Ctrl-C / SIGTERM (blocking, main thread). Returns 0.
 
     Start-up failures (port in use, unusable data directory) propagate as
     exceptions so the caller's CLI prints them its usual way.
     """
-    from .server import LocalOdyssey
 
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -134,18 +165,7 @@ def run_serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, on_signal)
     given_key = getattr(args, "api_key", None) or None
-    stream_limit = args.stream_limit
-    if args.session_timeout is not None:
-        sys.stderr.write("warning: --session-timeout is deprecated; use --stream-limit\n")
-        if stream_limit is None:
-            stream_limit = args.session_timeout
-    server = LocalOdyssey(
-        host=args.host, port=args.port, api_key=given_key,
-        data_dir=args.data_dir, fps=args.fps, size=tuple(args.size), codec=args.codec,
-        capacity=args.capacity,
-        stream_limit=DEFAULT_STREAM_LIMIT if stream_limit is None else stream_limit,
-        connection_limit=args.connection_limit,
-        stale_session_timeout=args.stale_session_timeout)
+    server = server_from_args(args)
     try:
         server.start()
         out = sys.stdout
