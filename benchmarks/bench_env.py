@@ -345,18 +345,35 @@ def streams_part(seconds: float, codec: str) -> str:
 
 # ------------------------------------------------------------------ main
 BEGIN, END = "<!-- bench_env:begin -->", "<!-- bench_env:end -->"
+DOCS_BEGIN, DOCS_END = "<!-- bench_env:docs:begin -->", "<!-- bench_env:docs:end -->"
+INTRO = """
+`OdysseyEnv` step timing (overhead beyond the control period, observation age),
+`run_fleet` throughput, and how many concurrent streams one process sustains,
+ours against the official-style baseline of `bench_e2e.py` in the same run. The
+local server runs in its own process and its CPU is reported; for the streams
+part its encoders replay a loop of pre-encoded packets, so that the clients,
+not the server, are measured.
+"""
+
+
+def replace_block(path: Path, begin: str, end: str, block: str, heading: str) -> None:
+    """Put ``block`` between ``begin`` and ``end`` in ``path`` (append a section if absent)."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + begin + "\n" + block + end + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + f"\n\n{heading}\n" + INTRO + f"\n{begin}\n{block}{end}\n"
+    path.write_text(new)
 
 
 def write_markdown(path: Path, text: str, argv: list[str]) -> None:
-    block = f"{BEGIN}\nCommand: `python benchmarks/bench_env.py {' '.join(argv)}`\n\n{text}{END}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + block + rest.split(END, 1)[1]
-    else:
-        new = (old.rstrip("\n") + "\n\n## Environments and fleets: `benchmarks/bench_env.py`\n\n"
-               + block + "\n")
-    path.write_text(new)
+    block = f"Command: `python benchmarks/bench_env.py {' '.join(argv)}`\n\n{text}"
+    replace_block(path, BEGIN, END, block,
+                  "## Environments and fleets: `benchmarks/bench_env.py`")
+    docs = ROOT / "docs" / "environments.md"
+    if docs.exists():
+        replace_block(docs, DOCS_BEGIN, DOCS_END, block, "## Performance")
 
 
 def main(argv: list[str] | None = None) -> int:
