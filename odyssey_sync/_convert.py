@@ -23,6 +23,7 @@ the RGB image.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -186,6 +187,16 @@ class _NativeConverter(_Converter):
             raise ValueError("chroma plane is smaller than its rows × line_size")
         return yb, ub, vb
 
+    @functools.lru_cache(maxsize=32)  # noqa: B019 -- one converter for the process
+    def _tables(self, plan: ResamplePlan) -> tuple[Any, ...]:
+        """The plan's filter tables as C arrays (made once per plan; the plan keeps them)."""
+        ffi = self._ffi
+        tables: list[Any] = []
+        for axis in (plan.luma_x, plan.luma_y, plan.chroma_x, plan.chroma_y):
+            tables += [ffi.from_buffer("int32_t[]", axis.start),
+                       ffi.from_buffer("uint16_t[]", axis.q16), axis.taps]
+        return tuple(tables)
+
     def resample(
         self,
         y: Any, y_stride: int,
@@ -197,10 +208,7 @@ class _NativeConverter(_Converter):
         ffi, lib = self._ffi, self._lib
         yb, ub, vb = self._planes(y, y_stride, u, v, c_stride, nv12, width, height)
         scratch = _scratch(plan.scratch_len)
-        tables = []
-        for axis in (plan.luma_x, plan.luma_y, plan.chroma_x, plan.chroma_y):
-            tables += [ffi.from_buffer("int32_t[]", axis.start),
-                       ffi.from_buffer("uint16_t[]", axis.q16), axis.taps]
+        tables = self._tables(plan)
         rc = lib.oys_resample(
             yb, y_stride, ub, vb, c_stride, 2 if nv12 else 1, width, height,
             ffi.from_buffer(out), out.strides[0], plan.out_width, plan.out_height,
@@ -378,11 +386,10 @@ def _convert_into(frame: av.VideoFrame, fmt: str, out: U8Array, conv: _Converter
 def _resample_into(frame: av.VideoFrame, fmt: str, out: U8Array, conv: _Converter,
                    geometry: FrameGeometry) -> None:
     width, height = int(frame.width), int(frame.height)
-    x, y, cw, ch = geometry.crop_rect(width, height)
-    if geometry.output_size(width, height) == (cw, ch) and not (x | y) & 1:
-        _crop_into(frame, fmt, out, conv, (x, y, cw, ch))
-        return
     plan = resample_plan(width, height, geometry)
+    if plan.direct_crop:
+        _crop_into(frame, fmt, out, conv, plan.crop)
+        return
     params = _yuv420_params(frame)
     if params is None:
         # Other pixel formats: PyAV's full-size RGB, then the same filter per channel.

@@ -158,10 +158,18 @@ class ResamplePlan:
     source_height: int
     out_width: int
     out_height: int
+    crop: tuple[int, int, int, int]  # the source rectangle read (x, y, w, h)
     luma_x: _Axis
     luma_y: _Axis
     chroma_x: _Axis
     chroma_y: _Axis
+
+    @property
+    def direct_crop(self) -> bool:
+        """True when the output is the crop rectangle unscaled at an even offset: the
+        full-size converter on shifted planes does it (exactly its pixels)."""
+        x, y, w, h = self.crop
+        return (w, h) == (self.out_width, self.out_height) and not (x | y) & 1
 
     @property
     def scratch_len(self) -> int:
@@ -238,7 +246,7 @@ def resample_plan(source_width: int, source_height: int,
     kind = geometry.resize
     chroma_w, chroma_h = (source_width + 1) // 2, (source_height + 1) // 2
     return ResamplePlan(
-        source_width, source_height, ow, oh,
+        source_width, source_height, ow, oh, (x, y, cw, ch),
         luma_x=_make_axis(kind, ow, x, cw, source_width, False),
         luma_y=_make_axis(kind, oh, y, ch, source_height, False),
         chroma_x=_make_axis(kind, ow, x, cw, chroma_w, True),
