@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from odyssey_sync._frames import convert_frame, native_available  # noqa: E402
+from odyssey_sync._frames import convert_frame, native_available
 
 WIDTH, HEIGHT = 1280, 704
 SIZES = ((84, 84), (224, 224), (320, 176), (640, 352))
