@@ -660,7 +660,7 @@ run_sum32(const uint8_t *s, ptrdiff_t st, int len, __m256i *lo, __m256i *hi)
  * accumulator; the 16 accumulators of the band are then transposed block by block. */
 __attribute__((target("avx2"))) static int
 vpass_avx2(const oys_plane *pl, const oys_axis *ay, int oy0, int nrows, int xlo, int xhi,
-           uint16_t *rows, uint16_t *col)
+           uint16_t *rows, uint16_t *col, int transpose)
 {
     const int nblk = (xhi - xlo) / 16;
     const size_t rs = (size_t)nblk * 16; /* row accumulator stride */
@@ -723,7 +723,7 @@ vpass_avx2(const oys_plane *pl, const oys_axis *ay, int oy0, int nrows, int xlo,
             _mm256_storeu_si256((__m256i *)(acc_row + 16 * b), acc);
         }
     }
-    for (int b = 0; b < nblk; b++) {
+    for (int b = 0; transpose && b < nblk; b++) {
         __m256i m[16];
         for (int k = 0; k < 16; k++)
             m[k] = k < nrows ? _mm256_loadu_si256((const __m256i *)(rows + (size_t)k * rs + 16 * b))
@@ -754,10 +754,45 @@ hpass_avx2(const uint16_t *col, int xlo, const oys_axis *ax, uint16_t *out)
 
 /* Convert one band from the three column-major Q8 planes to packed pixels: blocks
  * of 16 columns are transposed back to rows, converted 16 px at a time. */
+/* Row-major horizontal pass for a uniform decimation by k = 1 or 2 (every output j reads
+ * columns k j .. k j + k - 1 of the row accumulators with one weight w): no transposes.
+ * Same arithmetic as hpass_scalar (each tap (c * w) >> 16, then summed). */
+__attribute__((target("avx2"))) static void
+hpass_rows_avx2(const uint16_t *rows, size_t rs, int nrows, int k, uint16_t w, int out_w,
+                uint16_t *q, size_t qs)
+{
+    const __m256i wv = _mm256_set1_epi16((short)w), ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < nrows; r++) {
+        const uint16_t *src = rows + (size_t)r * rs;
+        uint16_t *dst = q + (size_t)r * qs;
+        int j = 0;
+        if (k == 1) {
+            for (; j + 16 <= out_w; j += 16)
+                _mm256_storeu_si256((__m256i *)(dst + j), _mm256_mulhi_epu16(
+                    _mm256_loadu_si256((const __m256i *)(src + j)), wv));
+        } else {
+            for (; j + 16 <= out_w; j += 16) {
+                /* each term <= 32640, so pmaddwd's signed pair sums are exact */
+                const __m256i a = _mm256_madd_epi16(_mm256_mulhi_epu16(
+                    _mm256_loadu_si256((const __m256i *)(src + 2 * j)), wv), ones);
+                const __m256i b = _mm256_madd_epi16(_mm256_mulhi_epu16(
+                    _mm256_loadu_si256((const __m256i *)(src + 2 * j + 16)), wv), ones);
+                _mm256_storeu_si256((__m256i *)(dst + j),
+                                    _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8));
+            }
+        }
+        for (; j < out_w; j++) {
+            uint32_t acc = 0;
+            for (int t = 0; t < k; t++) acc += (uint32_t)src[k * j + t] * w >> 16;
+            dst[j] = (uint16_t)acc;
+        }
+    }
+}
+
 __attribute__((target("avx2"))) static void
 convert_band_avx2(const uint16_t *qy, const uint16_t *qu, const uint16_t *qv, int nrows,
                   int out_w, uint8_t *dst, ptrdiff_t dst_stride, int out_format,
-                  const oys_coeffs *c)
+                  const oys_coeffs *c, size_t row_major_stride)
 {
     const int bpp = out_format == OYS_RGBA ? 4 : 3, bgr = out_format == OYS_BGR24;
     const __m256i yoff = _mm256_set1_epi16((short)(c->yoff * 16)), coff = _mm256_set1_epi16(16384);
@@ -769,21 +804,27 @@ convert_band_avx2(const uint16_t *qy, const uint16_t *qu, const uint16_t *qv, in
     for (int q = 0; q < 3; q++)
         for (int ch = 0; ch < 3; ch++)
             mask[q][ch] = _mm_loadu_si128((const __m128i *)k_rgb24_nat[q][ch]);
+    const size_t rms = row_major_stride; /* 0: column-major band buffers */
     for (int jb = 0; jb < out_w; jb += 16) {
         __m256i Y[16], U[16], V[16];
-        for (int i = 0; i < 16; i++) {
-            Y[i] = _mm256_loadu_si256((const __m256i *)(qy + (size_t)(jb + i) * OYS_BAND));
-            U[i] = _mm256_loadu_si256((const __m256i *)(qu + (size_t)(jb + i) * OYS_BAND));
-            V[i] = _mm256_loadu_si256((const __m256i *)(qv + (size_t)(jb + i) * OYS_BAND));
+        if (!rms) {
+            for (int i = 0; i < 16; i++) {
+                Y[i] = _mm256_loadu_si256((const __m256i *)(qy + (size_t)(jb + i) * OYS_BAND));
+                U[i] = _mm256_loadu_si256((const __m256i *)(qu + (size_t)(jb + i) * OYS_BAND));
+                V[i] = _mm256_loadu_si256((const __m256i *)(qv + (size_t)(jb + i) * OYS_BAND));
+            }
+            transpose16(Y);
+            transpose16(U);
+            transpose16(V);
         }
-        transpose16(Y);
-        transpose16(U);
-        transpose16(V);
         const int n = out_w - jb < 16 ? out_w - jb : 16;
         for (int k = 0; k < nrows; k++) {
-            const __m256i y = _mm256_sub_epi16(_mm256_srli_epi16(Y[k], 1), yoff);
-            const __m256i u = _mm256_sub_epi16(_mm256_srli_epi16(U[k], 1), coff);
-            const __m256i v = _mm256_sub_epi16(_mm256_srli_epi16(V[k], 1), coff);
+            __m256i y = rms ? _mm256_loadu_si256((const __m256i *)(qy + k * rms + jb)) : Y[k];
+            __m256i u = rms ? _mm256_loadu_si256((const __m256i *)(qu + k * rms + jb)) : U[k];
+            __m256i v = rms ? _mm256_loadu_si256((const __m256i *)(qv + k * rms + jb)) : V[k];
+            y = _mm256_sub_epi16(_mm256_srli_epi16(y, 1), yoff);
+            u = _mm256_sub_epi16(_mm256_srli_epi16(u, 1), coff);
+            v = _mm256_sub_epi16(_mm256_srli_epi16(v, 1), coff);
             const __m256i yt = _mm256_add_epi16(_mm256_mulhrs_epi16(y, k_yc), round);
             __m256i R = _mm256_srai_epi16(_mm256_add_epi16(yt, _mm256_mulhrs_epi16(v, k_vr)), 5);
             __m256i G = _mm256_srai_epi16(_mm256_add_epi16(yt, _mm256_add_epi16(
@@ -1009,6 +1050,30 @@ static void convert_band_scalar(const uint16_t *qy, const uint16_t *qu, const ui
     }
 }
 
+#if OYS_X86
+/* k if output j reads columns start[0] + k j .. + k - 1 with one weight for all, k = 1, 2. */
+static int uniform_step(const oys_axis *a)
+{
+    const int k = a->taps;
+    if (k != 1 && k != 2) return 0;
+    for (int j = 0; j < a->n; j++) {
+        if (a->start[j] != a->start[0] + k * j) return 0;
+        for (int t = 0; t < k; t++)
+            if (a->w[(size_t)j * k + t] != a->w[0]) return 0;
+    }
+    return k;
+}
+
+/* Every output row's taps group into at most OYS_MAX_RUNS runs (the SIMD vertical pass). */
+static int runs_fit(const oys_axis *a)
+{
+    oys_run runs[OYS_MAX_RUNS];
+    for (int i = 0; i < a->n; i++)
+        if (build_runs(a->w + (size_t)i * a->taps, a->taps, runs) < 0) return 0;
+    return 1;
+}
+#endif
+
 size_t oys_resample_scratch(int src_w, int out_w)
 {
     if (src_w < 0 || out_w < 0) return 0;
@@ -1062,6 +1127,15 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
         {c_step == 2 ? u + 1 : v, c_stride, c_step, c_step == 2},
     };
     const oys_axis *ax[3] = {&lx, &cx, &cx}, *ay[3] = {&ly, &cy, &cy};
+    int row_major = 0; /* AVX2 fast path: uniform decimation by 1 or 2, whole 16-column blocks */
+    (void)row_major;
+#if OYS_X86
+    if (level >= OYS_LEVEL_AVX2) {
+        row_major = uniform_step(&lx) && uniform_step(&cx) && runs_fit(&ly) && runs_fit(&cy) &&
+                    (lx.start[out_w - 1] + lx.taps - lx.start[0]) % 16 == 0 &&
+                    (cx.start[out_w - 1] + cx.taps - cx.start[0]) % 16 == 0;
+    }
+#endif
 
     for (int oy0 = 0; oy0 < out_h; oy0 += OYS_BAND) {
         const int nrows = out_h - oy0 < OYS_BAND ? out_h - oy0 : OYS_BAND;
@@ -1069,7 +1143,14 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
             const int xlo = ax[p]->start[0], xhi = ax[p]->start[ax[p]->n - 1] + ax[p]->taps;
             int x = xlo, j = 0;
 #if OYS_X86
-            if (level >= OYS_LEVEL_AVX2) x = vpass_avx2(&planes[p], ay[p], oy0, nrows, xlo, xhi, rows, col);
+            if (row_major) {
+                vpass_avx2(&planes[p], ay[p], oy0, nrows, xlo, xhi, rows, col, 0);
+                hpass_rows_avx2(rows, (size_t)(xhi - xlo), nrows, ax[p]->taps, ax[p]->w[0], out_w,
+                                q[p], padded_w);
+                continue;
+            }
+            if (level >= OYS_LEVEL_AVX2)
+                x = vpass_avx2(&planes[p], ay[p], oy0, nrows, xlo, xhi, rows, col, 1);
 #endif
             vpass_scalar(&planes[p], ay[p], oy0, nrows, xlo, x, xhi, col);
 #if OYS_X86
@@ -1083,7 +1164,8 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
         uint8_t *d = dst + (ptrdiff_t)oy0 * dst_stride;
 #if OYS_X86
         if (level >= OYS_LEVEL_AVX2) {
-            convert_band_avx2(q[0], q[1], q[2], nrows, out_w, d, dst_stride, out_format, &c);
+            convert_band_avx2(q[0], q[1], q[2], nrows, out_w, d, dst_stride, out_format, &c,
+                              row_major ? padded_w : 0);
             continue;
         }
 #endif
