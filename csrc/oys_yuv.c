@@ -754,7 +754,7 @@ hpass_avx2(const uint16_t *col, int xlo, const oys_axis *ax, uint16_t *out)
 
 /* Convert one band from the three column-major Q8 planes to packed pixels: blocks
  * of 16 columns are transposed back to rows, converted 16 px at a time. */
-/* Row-major horizontal pass for a uniform decimation by k = 1 or 2 (every output j reads
+/* Row-major horizontal pass for a uniform decimation by k = 1, 2, 4 (output j reads
  * columns k j .. k j + k - 1 of the row accumulators with one weight w): no transposes.
  * Same arithmetic as hpass_scalar (each tap (c * w) >> 16, then summed). */
 __attribute__((target("avx2"))) static void
@@ -770,6 +770,20 @@ hpass_rows_avx2(const uint16_t *rows, size_t rs, int nrows, int k, uint16_t w, i
             for (; j + 16 <= out_w; j += 16)
                 _mm256_storeu_si256((__m256i *)(dst + j), _mm256_mulhi_epu16(
                     _mm256_loadu_si256((const __m256i *)(src + j)), wv));
+        } else if (k == 4) {
+            /* per 16 outputs: 64 columns -> pair sums (pmaddwd) -> quad sums (phaddd, in-lane
+             * order) -> 16-bit -> dwords back in column order */
+            const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            for (; j + 16 <= out_w; j += 16) {
+                __m256i m[4];
+                for (int i = 0; i < 4; i++)
+                    m[i] = _mm256_madd_epi16(_mm256_mulhi_epu16(
+                        _mm256_loadu_si256((const __m256i *)(src + 4 * j + 16 * i)), wv), ones);
+                const __m256i quads = _mm256_packus_epi32(_mm256_hadd_epi32(m[0], m[1]),
+                                                          _mm256_hadd_epi32(m[2], m[3]));
+                _mm256_storeu_si256((__m256i *)(dst + j),
+                                    _mm256_permutevar8x32_epi32(quads, order));
+            }
         } else {
             for (; j + 16 <= out_w; j += 16) {
                 /* each term <= 32640, so pmaddwd's signed pair sums are exact */
@@ -1051,11 +1065,11 @@ static void convert_band_scalar(const uint16_t *qy, const uint16_t *qu, const ui
 }
 
 #if OYS_X86
-/* k if output j reads columns start[0] + k j .. + k - 1 with one weight for all, k = 1, 2. */
+/* k if output j reads columns start[0] + k j .. + k - 1 with one weight for all, k = 1, 2, 4. */
 static int uniform_step(const oys_axis *a)
 {
     const int k = a->taps;
-    if (k != 1 && k != 2) return 0;
+    if (k != 1 && k != 2 && k != 4) return 0;
     for (int j = 0; j < a->n; j++) {
         if (a->start[j] != a->start[0] + k * j) return 0;
         for (int t = 0; t < k; t++)
@@ -1127,7 +1141,7 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
         {c_step == 2 ? u + 1 : v, c_stride, c_step, c_step == 2},
     };
     const oys_axis *ax[3] = {&lx, &cx, &cx}, *ay[3] = {&ly, &cy, &cy};
-    int row_major = 0; /* AVX2 fast path: uniform decimation by 1 or 2, whole 16-column blocks */
+    int row_major = 0; /* AVX2 fast path: uniform decimation by 1, 2, 4, whole 16-column blocks */
     (void)row_major;
 #if OYS_X86
     if (level >= OYS_LEVEL_AVX2) {

@@ -339,7 +339,8 @@ def test_native_tiers_bit_identical_and_close_to_numpy(resize: str) -> None:
     previous = lib.oys_active_level()
     try:
         for src, dst in [((1280, 704), (84, 84)), ((131, 77), (40, 61)), ((64, 48), (33, 17)),
-                         ((1280, 704), (640, 352)), ((96, 40), (48, 40)), ((64, 48), (64, 20))]:
+                         ((1280, 704), (640, 352)), ((96, 40), (48, 40)), ((64, 48), (64, 20)),
+                         ((1280, 704), (320, 176)), ((128, 40), (32, 17)), ((160, 48), (40, 48))]:
             frame = random_frame(rng, *src)
             geometry = FrameGeometry(dst, None, resize)
             outs = []
