@@ -25,6 +25,17 @@ int oys_convert(const uint8_t *y, ptrdiff_t y_stride,
                 const uint8_t *u, const uint8_t *v, ptrdiff_t c_stride, int c_step,
                 uint8_t *dst, ptrdiff_t dst_stride,
                 int width, int height, int out_format, int matrix, int full_range);
+size_t oys_resample_scratch(int src_w, int out_w);
+int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
+                 const uint8_t *u, const uint8_t *v, ptrdiff_t c_stride, int c_step,
+                 int src_w, int src_h,
+                 uint8_t *dst, ptrdiff_t dst_stride, int out_w, int out_h,
+                 int out_format, int matrix, int full_range,
+                 const int32_t *lx_start, const uint16_t *lx_w, int lx_taps,
+                 const int32_t *ly_start, const uint16_t *ly_w, int ly_taps,
+                 const int32_t *cx_start, const uint16_t *cx_w, int cx_taps,
+                 const int32_t *cy_start, const uint16_t *cy_w, int cy_taps,
+                 uint16_t *scratch, size_t scratch_len);
 int oys_gil_probe(volatile int32_t *flag, int64_t max_spins);
 """
 

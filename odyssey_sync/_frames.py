@@ -1,18 +1,9 @@
-"""The frame path: YUV → RGB conversion, the preallocated :class:`FrameRing`, :class:`VideoFrame`.
+"""The frame ring: the preallocated :class:`FrameRing` and its :class:`VideoFrame` leases.
 
-Two converter implementations share one interface (:class:`_Converter`):
-
-* ``native`` -- the cffi API-mode extension ``odyssey_sync._yuv`` (csrc/). SIMD,
-  no allocation, the GIL released for the duration of the call.
-* ``numpy``  -- the same integer arithmetic in NumPy; used when the extension is
-  not built (or ``ODYSSEY_SYNC_NATIVE=0`` at run time), with a one-time warning.
-
-Both reproduce libswscale's unscaled yuv420p → RGB arithmetic exactly, so the
-colours equal ``av.VideoFrame.to_ndarray(format="rgb24")`` (BT.601 limited range
-for untagged frames; BT.709 and full range honoured from the frame's tags).
-Frames the arithmetic does not cover -- odd-height yuv420p (swscale interpolates
-chroma there), colour matrices other than BT.601/BT.709, other pixel formats --
-are converted by PyAV with ``threads=1`` and copied, giving the same result.
+The writer converts each decoded frame (:mod:`odyssey_sync._convert`) straight
+into a free slot, at the ring's output geometry (:class:`FrameGeometry`: full
+size, or cropped and resized in the same native pass), and publishes it;
+consumers lease slots without copying.
 
 Threads: :meth:`FrameRing.write` is called by one writer thread (the connection's
 event-loop thread); :meth:`FrameRing.latest` / :meth:`FrameRing.wait_newer` and
@@ -21,327 +12,41 @@ event-loop thread); :meth:`FrameRing.latest` / :meth:`FrameRing.wait_newer` and
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Final
 
 import av
 import numpy as np
-import numpy.typing as npt
+
+from ._convert import (
+    _CHANNELS,
+    PixelFormat,
+    U8Array,
+    _check_av_frame,
+    _check_format,
+    _convert_into,
+    _Converter,
+    _default_converter,
+    convert_frame,
+    native_available,
+)
+from ._resize import FrameGeometry, ResizeFilter
 
 __all__ = [
+    "FrameGeometry",
     "FrameRing",
     "PixelFormat",
+    "ResizeFilter",
     "RingStats",
     "VideoFrame",
     "convert_frame",
     "native_available",
 ]
 
-PixelFormat = Literal["rgb24", "bgr24", "rgba"]
-U8Array = npt.NDArray[np.uint8]
-
-_CHANNELS: Final[dict[str, int]] = {"rgb24": 3, "bgr24": 3, "rgba": 4}
-_OUT_CODE: Final[dict[str, int]] = {"rgb24": 0, "bgr24": 1, "rgba": 2}
-
-# FFmpeg AVColorSpace values the swscale arithmetic handles, mapped to our matrix
-# code (0 = BT.601, 1 = BT.709). 2 = unspecified, which swscale treats as BT.601.
-_MATRIX_BY_COLORSPACE: Final[dict[int, int]] = {1: 1, 2: 0, 5: 0, 6: 0}
-_AVCOL_RANGE_JPEG: Final = 2
 _TIMING_WINDOW: Final = 512
-
-
-# --------------------------------------------------------------------------- native module
-
-
-def _load_native() -> tuple[Any, Any] | None:
-    if os.environ.get("ODYSSEY_SYNC_NATIVE", "").strip() == "0":
-        return None
-    try:
-        import odyssey_sync._yuv as _yuv
-    except ImportError:
-        return None
-    # Detect the CPU and build the shuffle tables now, while only the importing
-    # thread runs, rather than on the first (possibly concurrent) conversion.
-    _yuv.lib.oys_cpu_level()
-    return _yuv.ffi, _yuv.lib
-
-
-_NATIVE = _load_native()
-_fallback_warned = False
-_warn_lock = threading.Lock()
-
-
-def native_available() -> bool:
-    """Whether the compiled converter (``odyssey_sync._yuv``) is loaded.
-
-    Non-blocking, any thread. False when the extension was not built, or when
-    ``ODYSSEY_SYNC_NATIVE=0`` was set when odyssey_sync was imported.
-    """
-    return _NATIVE is not None
-
-
-def _warn_fallback_once() -> None:
-    global _fallback_warned
-    with _warn_lock:
-        if _fallback_warned:
-            return
-        _fallback_warned = True
-    warnings.warn(
-        "odyssey_sync: native frame converter not available, using the slower NumPy "
-        "converter (reinstall with ODYSSEY_SYNC_NATIVE=1 to see why the build fails)",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-# --------------------------------------------------------------------------- converters
-
-
-def _coefficients(matrix: int, full_range: bool) -> tuple[int, int, int, int, int, int]:
-    """libswscale's 3.13 coefficients: (yc, yoff, vr, ub, ug, vg); mirrors csrc/oys_yuv.c."""
-    crv, cbu, cgu, cgv = (117489, 138438, 13975, 34925) if matrix == 1 else (
-        104597, 132201, 25675, 53279)
-    cgu, cgv = -cgu, -cgv
-    cy, oy = 1 << 16, 0
-    if not full_range:
-        cy, oy = cy * 255 // 219, 16 << 16
-    else:
-        # int() of the true quotient truncates toward zero, like C division.
-        crv, cbu = int(crv * 224 / 255), int(cbu * 224 / 255)
-        cgu, cgv = int(cgu * 224 / 255), int(cgv * 224 / 255)
-
-    def r16(f: int) -> int:
-        return max(-0x7FFF, min(0x7FFF, (f + (1 << 15)) >> 16))
-
-    return (r16(cy << 13), r16(oy << 3), r16(crv << 13), r16(cbu << 13), r16(cgu << 13),
-            r16(cgv << 13))
-
-
-class _Converter:
-    """One YUV 4:2:0 → packed RGB conversion, implemented natively or with NumPy.
-
-    ``convert`` is blocking and thread-safe; ``out`` must be a C-contiguous
-    ``height×width×C`` uint8 array (callers check this).
-    """
-
-    name: str = "abstract"
-
-    def convert(
-        self,
-        y: Any, y_stride: int,
-        u: Any, v: Any, c_stride: int, nv12: bool,
-        width: int, height: int,
-        out: U8Array, fmt: str, matrix: int, full_range: bool,
-    ) -> None:
-        """Convert planes (buffer-protocol objects) into ``out``. ``v`` is ignored for NV12."""
-        raise NotImplementedError
-
-
-class _NativeConverter(_Converter):
-    name = "native"
-
-    def __init__(self, ffi: Any, lib: Any) -> None:
-        self._ffi = ffi
-        self._lib = lib
-
-    def convert(
-        self,
-        y: Any, y_stride: int,
-        u: Any, v: Any, c_stride: int, nv12: bool,
-        width: int, height: int,
-        out: U8Array, fmt: str, matrix: int, full_range: bool,
-    ) -> None:
-        ffi, lib = self._ffi, self._lib
-        # from_buffer exposes the planes and the output without copying them.
-        yb = ffi.from_buffer(y)
-        ub = ffi.from_buffer(u)
-        vb = ub + 1 if nv12 else ffi.from_buffer(v)
-        cw = (width + 1) // 2
-        # The C side trusts strides; check here that every row it reads or writes exists.
-        if len(yb) < y_stride * (height - 1) + width:
-            raise ValueError("luma plane is smaller than height × line_size")
-        need_c = c_stride * ((height + 1) // 2 - 1) + (2 * cw if nv12 else cw)
-        if len(ub) < need_c or (not nv12 and len(vb) < need_c):
-            raise ValueError("chroma plane is smaller than its rows × line_size")
-        rc = lib.oys_convert(
-            yb, y_stride, ub, vb, c_stride, 2 if nv12 else 1,
-            ffi.from_buffer(out), out.strides[0], width, height,
-            _OUT_CODE[fmt], matrix, 1 if full_range else 0,
-        )
-        if rc != 0:
-            raise ValueError(f"native converter rejected the frame geometry ({width}×{height})")
-
-
-class _NumpyConverter(_Converter):
-    name = "numpy"
-
-    def convert(
-        self,
-        y: Any, y_stride: int,
-        u: Any, v: Any, c_stride: int, nv12: bool,
-        width: int, height: int,
-        out: U8Array, fmt: str, matrix: int, full_range: bool,
-    ) -> None:
-        cw, ch = (width + 1) // 2, (height + 1) // 2
-        yy = np.ndarray((height, width), np.uint8, buffer=y, strides=(y_stride, 1))
-        if nv12:
-            uu = np.ndarray((ch, cw), np.uint8, buffer=u, strides=(c_stride, 2))
-            vv = np.ndarray((ch, cw), np.uint8, buffer=u, offset=1, strides=(c_stride, 2))
-        else:
-            uu = np.ndarray((ch, cw), np.uint8, buffer=u, strides=(c_stride, 1))
-            vv = np.ndarray((ch, cw), np.uint8, buffer=v, strides=(c_stride, 1))
-        yc, yoff, vr, ub, ug, vg = _coefficients(matrix, full_range)
-        # Same terms as the SIMD code: inputs << 3, offsets removed, (a*b) >> 16 each.
-        lum32 = yy.astype(np.int32)
-        lum32 <<= 3
-        lum32 -= yoff
-        lum32 *= yc
-        lum32 >>= 16
-        # Luma padded to even size, so each chroma row covers exactly 2 rows of
-        # it: the chroma terms then broadcast over a (rows/2, 2, width) view
-        # instead of being gathered per pixel (fancy indexing is ~5× slower).
-        lum = np.zeros((2 * ch, 2 * cw), np.int16)
-        lum[:height, :width] = lum32
-        u8 = uu.astype(np.int32)
-        u8 <<= 3
-        u8 -= 1024
-        v8 = vv.astype(np.int32)
-        v8 <<= 3
-        v8 -= 1024
-        terms = ((v8 * vr) >> 16, ((u8 * ug) >> 16) + ((v8 * vg) >> 16), (u8 * ub) >> 16)
-        pairs = lum.reshape(ch, 2, 2 * cw)
-        tmp = np.empty_like(pairs)
-        visible = tmp.reshape(2 * ch, 2 * cw)[:height, :width]
-        order = (2, 1, 0) if fmt == "bgr24" else (0, 1, 2)
-        for channel, term in zip(order, terms, strict=True):
-            wide = np.repeat(term.astype(np.int16), 2, axis=1)  # one value per pixel column
-            np.add(pairs, wide[:, None, :], out=tmp)
-            np.clip(tmp, 0, 255, out=tmp)
-            out[:, :, channel] = visible
-        if fmt == "rgba":
-            out[:, :, 3] = 255
-
-
-_NUMPY_CONVERTER: Final = _NumpyConverter()
-_NATIVE_CONVERTER: Final = _NativeConverter(*_NATIVE) if _NATIVE is not None else None
-
-
-def _default_converter() -> _Converter:
-    if _NATIVE_CONVERTER is not None:
-        return _NATIVE_CONVERTER
-    _warn_fallback_once()
-    return _NUMPY_CONVERTER
-
-
-def _check_format(format: object) -> str:
-    if not isinstance(format, str):
-        raise TypeError(f"format must be a str, not {type(format).__name__}")
-    if format not in _CHANNELS:
-        raise ValueError(f"format must be one of 'rgb24', 'bgr24', 'rgba', not {format!r}")
-    return format
-
-
-def _native_params(frame: av.VideoFrame) -> tuple[bool, int, bool] | None:
-    """(nv12, matrix, full_range) when our arithmetic covers the frame, else None (use PyAV)."""
-    name = frame.format.name
-    if name not in ("yuv420p", "yuvj420p", "nv12"):
-        return None
-    if frame.width < 2 or frame.height < 2:
-        return None
-    # swscale converts odd-height yuv420p through its scaler, interpolating chroma
-    # vertically; we do not reproduce that, so PyAV does those (rare) frames.
-    if name != "nv12" and frame.height & 1:
-        return None
-    matrix = _MATRIX_BY_COLORSPACE.get(int(frame.colorspace))
-    if matrix is None:
-        return None
-    full = name == "yuvj420p" or int(frame.color_range) == _AVCOL_RANGE_JPEG
-    return name == "nv12", matrix, full
-
-
-def _convert_into(frame: av.VideoFrame, fmt: str, out: U8Array, conv: _Converter) -> None:
-    """Convert ``frame`` into ``out`` (already validated) with ``conv`` or the PyAV fallback."""
-    params = _native_params(frame)
-    if params is None:
-        _pyav_convert(frame, fmt, out)
-        return
-    nv12, matrix, full = params
-    planes = frame.planes
-    y, u = planes[0], planes[1]
-    v = u if nv12 else planes[2]
-    conv.convert(y, y.line_size, u, v, u.line_size, nv12, frame.width, frame.height,
-                 out, fmt, matrix, full)
-
-
-def _pyav_convert(frame: av.VideoFrame, fmt: str, out: U8Array) -> None:
-    # PyAV's own rgba output leaves garbage in the last pixels of rows whose width is
-    # not a multiple of 8 (swscale SIMD tail), so rgba goes through rgb24 + alpha.
-    # threads=1: PyAV >= 17 builds a thread pool per call otherwise (PITFALLS.md).
-    arr = frame.to_ndarray(format="rgb24" if fmt == "rgba" else fmt, threads=1)
-    if fmt == "rgba":
-        out[:, :, :3] = arr
-        out[:, :, 3] = 255
-    else:
-        np.copyto(out, arr)
-
-
-def _check_out(out: object, shape: tuple[int, int, int]) -> U8Array:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, not {type(out).__name__}")
-    if out.dtype != np.uint8:
-        raise TypeError(f"out must have dtype uint8, not {out.dtype}")
-    if out.shape != shape:
-        raise ValueError(f"out must have shape {shape} (height, width, channels), not {out.shape}")
-    if not out.flags.c_contiguous:
-        raise ValueError("out must be C-contiguous")
-    if not out.flags.writeable:
-        raise ValueError("out must be writeable")
-    return out
-
-
-def _check_av_frame(frame: object) -> av.VideoFrame:
-    if not isinstance(frame, av.VideoFrame):
-        raise TypeError(f"frame must be an av.VideoFrame, not {type(frame).__name__}")
-    return frame
-
-
-def convert_frame(
-    frame: av.VideoFrame, format: PixelFormat = "rgb24", out: U8Array | None = None
-) -> U8Array:
-    """Convert a decoded ``av.VideoFrame`` to a packed ``height×width×C`` uint8 array.
-
-    Blocking (CPU only; about 0.1 ms for 1280×704 with the native converter), any
-    thread; the GIL is released during the native conversion. yuv420p, yuvj420p
-    and nv12 frames are read in place through the buffer protocol (padded
-    ``line_size`` honoured); other pixel formats, odd-height yuv420p and colour
-    matrices other than BT.601/BT.709 go through PyAV with the same result.
-
-    Args:
-        frame: the decoded frame.
-        format: ``"rgb24"`` / ``"bgr24"`` (C=3) or ``"rgba"`` (C=4, alpha 255).
-        out: optional caller-owned array to write into: uint8, shape
-            ``(frame.height, frame.width, C)``, C-contiguous, writeable.
-
-    Returns:
-        ``out`` if given, else a new array.
-
-    Raises:
-        TypeError: ``frame`` is not an ``av.VideoFrame``; ``format`` not a str;
-            ``out`` not a uint8 ndarray.
-        ValueError: unknown ``format``; ``out`` of the wrong shape, not contiguous
-            or read-only.
-    """
-    fmt = _check_format(format)
-    frame = _check_av_frame(frame)
-    shape = (int(frame.height), int(frame.width), _CHANNELS[fmt])
-    target = np.empty(shape, np.uint8) if out is None else _check_out(out, shape)
-    _convert_into(frame, fmt, target, _default_converter())
-    return target
 
 
 # --------------------------------------------------------------------------- VideoFrame
@@ -361,7 +66,10 @@ class VideoFrame:
     tests or your own pipelines): ``seq`` 0, never needs releasing.
 
     Attributes:
-        width, height: pixels.
+        width, height: pixels of ``data`` (the ring's output size).
+        source_width, source_height: size of the decoded video frame this was
+            made from (differs from width/height when the ring crops or
+            resizes; equal for user-made frames unless given).
         timestamp_ms: presentation time of the frame in the stream, milliseconds.
         seq: 1, 2, 3... in publish order within one ring; 0 for user-made frames.
         received_at: ``time.monotonic()`` seconds when the frame was published.
@@ -370,7 +78,8 @@ class VideoFrame:
     """
 
     __slots__ = ("__weakref__", "_data", "_released", "_ring", "_slot", "height",
-                 "received_at", "seq", "stream_id", "timestamp_ms", "width")
+                 "received_at", "seq", "source_height", "source_width", "stream_id",
+                 "timestamp_ms", "width")
 
     def __init__(
         self,
@@ -382,6 +91,8 @@ class VideoFrame:
         seq: int = 0,
         received_at: float | None = None,
         stream_id: str | None = None,
+        source_width: int | None = None,
+        source_height: int | None = None,
     ) -> None:
         """Wrap ``data`` (not copied) as an owned frame. Non-blocking.
 
@@ -391,8 +102,11 @@ class VideoFrame:
         """
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
             raise TypeError("data must be a numpy uint8 array")
+        source_width = width if source_width is None else source_width
+        source_height = height if source_height is None else source_height
         for label, value in (("width", width), ("height", height), ("timestamp_ms", timestamp_ms),
-                             ("seq", seq)):
+                             ("seq", seq), ("source_width", source_width),
+                             ("source_height", source_height)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"{label} must be an int, not {type(value).__name__}")
         if data.ndim != 3 or data.shape[:2] != (height, width) or data.shape[2] not in (3, 4):
@@ -401,6 +115,8 @@ class VideoFrame:
         self._data: U8Array | None = data
         self.width = int(width)
         self.height = int(height)
+        self.source_width = int(source_width)
+        self.source_height = int(source_height)
         self.timestamp_ms = int(timestamp_ms)
         self.seq = int(seq)
         self.received_at = time.monotonic() if received_at is None else float(received_at)
@@ -416,6 +132,8 @@ class VideoFrame:
         frame._data = slot.view
         frame.width = slot.width
         frame.height = slot.height
+        frame.source_width = slot.source_width
+        frame.source_height = slot.source_height
         frame.timestamp_ms = slot.timestamp_ms
         frame.seq = slot.seq
         frame.received_at = slot.received_at
@@ -450,7 +168,8 @@ class VideoFrame:
         Raises RuntimeError if this frame was already released.
         """
         return VideoFrame(self.data.copy(), self.width, self.height, self.timestamp_ms,
-                          seq=self.seq, received_at=self.received_at, stream_id=self.stream_id)
+                          seq=self.seq, received_at=self.received_at, stream_id=self.stream_id,
+                          source_width=self.source_width, source_height=self.source_height)
 
     def release(self) -> None:
         """Give the ring slot back. Idempotent, non-blocking, any thread.
@@ -517,8 +236,8 @@ class RingStats:
 class _Slot:
     """One preallocated output buffer plus the metadata of the frame in it."""
 
-    __slots__ = ("array", "height", "received_at", "refs", "seq", "stream_id", "timestamp_ms",
-                 "view", "width")
+    __slots__ = ("array", "height", "received_at", "refs", "seq", "source_height",
+                 "source_width", "stream_id", "timestamp_ms", "view", "width")
 
     def __init__(self, shape: tuple[int, int, int]) -> None:
         self.array: U8Array = np.empty(shape, np.uint8)
@@ -527,6 +246,7 @@ class _Slot:
         view.flags.writeable = False
         self.view: U8Array = view
         self.height, self.width = shape[0], shape[1]
+        self.source_width, self.source_height = self.width, self.height
         self.refs = 0
         self.seq = 0
         self.timestamp_ms = 0
@@ -544,22 +264,36 @@ class FrameRing:
     overwritten. The newest published frame's slot is never reused for the next
     write either, so :meth:`latest` always has a complete frame to hand out;
     hence at most ``slots - 1`` distinct frames can be held before drops begin
-    (with one writer in flight). Slots are (re)allocated on the first frame and
-    whenever the resolution changes.
+    (with one writer in flight).
+
+    Slots have the output size of ``geometry``: with a fixed ``size`` they are
+    allocated once, on the first frame; otherwise (full size, or crop only) they
+    are reallocated whenever the output size changes.
     """
 
-    def __init__(self, slots: int = 4, pixel_format: PixelFormat = "rgb24") -> None:
+    def __init__(self, slots: int = 4, pixel_format: PixelFormat = "rgb24",
+                 geometry: FrameGeometry | None = None) -> None:
         """Create an empty ring. Non-blocking; allocates nothing until the first write.
 
+        Args:
+            slots: number of slots, >= 2.
+            pixel_format: ``"rgb24"``, ``"bgr24"`` or ``"rgba"``.
+            geometry: output size / crop / resize filter (already validated by
+                its constructor); None delivers frames at their decoded size.
+
         Raises:
-            TypeError: ``slots`` not an int, ``pixel_format`` not a str.
+            TypeError: ``slots`` not an int, ``pixel_format`` not a str,
+                ``geometry`` not a :class:`FrameGeometry`.
             ValueError: ``slots`` < 2, unknown ``pixel_format``.
         """
         if isinstance(slots, bool) or not isinstance(slots, int):
             raise TypeError(f"slots must be an int, not {type(slots).__name__}")
         if slots < 2:
             raise ValueError(f"slots must be >= 2, not {slots}")
+        if geometry is not None and not isinstance(geometry, FrameGeometry):
+            raise TypeError(f"geometry must be a FrameGeometry, not {type(geometry).__name__}")
         self._fmt = _check_format(pixel_format)
+        self._geometry = geometry if geometry is not None else FrameGeometry()
         self._nslots = slots
         # Re-entrant: a lease collected by the cyclic GC runs VideoFrame.__del__ ->
         # _release() on whatever thread triggered the collection, possibly one that
@@ -584,6 +318,11 @@ class FrameRing:
         """The output format of every slot."""
         fmt: PixelFormat = self._fmt  # type: ignore[assignment]
         return fmt
+
+    @property
+    def geometry(self) -> FrameGeometry:
+        """The output geometry every frame is converted to."""
+        return self._geometry
 
     @property
     def slots(self) -> int:
@@ -634,7 +373,8 @@ class FrameRing:
         publish; converts (GIL released when native) in between.
 
         Args:
-            frame: a decoded ``av.VideoFrame`` (yuv420p/nv12 natively, others via PyAV).
+            frame: a decoded ``av.VideoFrame`` (yuv420p/nv12 natively, others via PyAV);
+                cropped and resized to the ring's geometry in the same pass.
             timestamp_ms: stream time to attach; default ``frame.pts × time_base``
                 in ms, 0 when unknown.
             stream_id: the stream the frame belongs to (``VideoFrame.stream_id``).
@@ -645,6 +385,8 @@ class FrameRing:
 
         Raises:
             TypeError: ``frame`` is not an ``av.VideoFrame``.
+            ValueError: the geometry's crop does not fit this frame (nothing is
+                published; raised for every such frame).
             av.error.FFmpegError: PyAV failed to convert a frame in a pixel format
                 the native converter does not handle (the frame is not published).
         """
@@ -652,7 +394,9 @@ class FrameRing:
         if timestamp_ms is None:
             pts, tb = frame.pts, frame.time_base
             timestamp_ms = int(pts * tb * 1000) if pts is not None and tb is not None else 0
-        shape = (int(frame.height), int(frame.width), _CHANNELS[self._fmt])
+        src_w, src_h = int(frame.width), int(frame.height)
+        out_w, out_h = self._geometry.output_size(src_w, src_h)
+        shape = (out_h, out_w, _CHANNELS[self._fmt])
         fresh: list[_Slot] | None = None
         if shape != self._shape:
             # Allocate outside the lock; old slots stay alive for their lease holders.
@@ -674,7 +418,7 @@ class FrameRing:
 
         t0 = time.perf_counter_ns()
         try:
-            _convert_into(frame, self._fmt, slot.array, conv)
+            _convert_into(frame, self._fmt, slot.array, conv, self._geometry)
         except BaseException:
             slot.seq = 0  # contents undefined; make it the first pick next time
             raise
@@ -688,6 +432,7 @@ class FrameRing:
             self._seq += 1
             slot.seq = self._seq
             slot.timestamp_ms = int(timestamp_ms)
+            slot.source_width, slot.source_height = src_w, src_h
             slot.received_at = time.monotonic()
             slot.stream_id = stream_id
             self._latest = slot
@@ -783,4 +528,5 @@ class FrameRing:
 
     def __repr__(self) -> str:
         return (f"FrameRing(slots={self._nslots}, format={self._fmt!r}, shape={self._shape}, "
+                f"geometry={self._geometry}, "
                 f"last_seq={self._seq}, closed={self._closed})")

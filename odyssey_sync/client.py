@@ -343,7 +343,8 @@ class Odyssey(OfflineMethods):
                 self._sessions += 1
                 number = self._sessions
             name = f"odyssey-{self._id}" if number == 1 else f"odyssey-{self._id}.{number}"
-            ring = FrameRing(self._config.ring_size, self._config.frame_format)
+            ring = FrameRing(self._config.ring_size, self._config.frame_format,
+                             self._config.geometry)
             session = Session(name=name, config=self._config, api=self._api,
                               handlers=handlers, ring=ring)
             if self._config.resume:

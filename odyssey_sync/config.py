@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from ._resize import FrameGeometry, ResizeFilter
+
 __all__ = [
     "DEFAULT_API_URL",
     "MAX_LIST_LIMIT",
@@ -95,6 +97,13 @@ class ClientConfig:
         resume_image: ``"last"`` (default): the next stream starts from the
             last received frame (image-to-video) so the picture continues;
             ``"original"``: from the original prompt and image.
+        frame_size: ``(width, height)`` of delivered frames: each decoded
+            frame is converted and resized in one native pass, and the ring's
+            slots have this size (``VideoFrame.source_width/height`` keep the
+            decoded size). ``None`` (default): the stream's own size.
+        resize: ``"area"`` (default; exact box filter) or ``"bilinear"``.
+        crop: ``(x, y, width, height)`` in source pixels, taken before resizing
+            (a centre square, a region of interest); ``None``: the whole frame.
     """
 
     api_url: str = field(default_factory=_default_api_url)
@@ -120,6 +129,9 @@ class ClientConfig:
     stall_timeout: float = 5.0
     resume_timeout: float = 60.0
     resume_image: Literal["last", "original"] = "last"
+    frame_size: tuple[int, int] | None = None
+    resize: ResizeFilter = "area"
+    crop: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_url, str) or not self.api_url.strip():
@@ -135,6 +147,7 @@ class ClientConfig:
         for name in ("stream_limit", "connection_limit", "handover_lead"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        self.geometry  # noqa: B018 - validated by the frame path's own type (TypeError/ValueError)
         if self.resume_image not in ("last", "original"):
             raise ValueError(
                 f"resume_image must be 'last' or 'original', got {self.resume_image!r}")
@@ -153,6 +166,11 @@ class ClientConfig:
             )
         if self.callback_workers > 2:
             raise ValueError("callback_workers must be 1 or 2 (events stay ordered on one worker)")
+
+    @property
+    def geometry(self) -> FrameGeometry:
+        """``frame_size`` / ``crop`` / ``resize`` as the frame ring's geometry."""
+        return FrameGeometry(self.frame_size, self.crop, self.resize)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> ClientConfig:

@@ -59,6 +59,7 @@ from ._deadline import Deadline, check_timeout
 from ._http import HttpClient, strip_query
 from ._loop import LoopThread
 from ._protocol import check_bool
+from ._resize import FrameGeometry, ResizeFilter
 from ._rtc import WhepPeer
 from ._whep import DELETE_TIMEOUT, delete_resource, fetch_ice_servers, post_offer
 from .config import PIXEL_FORMATS
@@ -424,6 +425,9 @@ def connect_to_stream(
     frame_format: str = "rgb24",
     ring_size: int = 4,
     low_latency: bool = True,
+    frame_size: tuple[int, int] | None = None,
+    resize: str = "area",
+    crop: tuple[int, int, int, int] | None = None,
 ) -> SpectatorConnection:
     """Join a broadcast stream as a spectator (WHEP); returns once video can flow.
 
@@ -450,6 +454,9 @@ def connect_to_stream(
             their slot, so hold at most ``ring_size - 2`` at once.
         low_latency: release each video frame to the decoder as soon as it is
             complete, as the client does.
+        frame_size, resize, crop: deliver frames at this size, converted,
+            cropped and resized in one native pass (as ``Odyssey``'s options
+            of the same names); ``None``: the stream's own size.
 
     Returns:
         A connected :class:`SpectatorConnection`.
@@ -465,6 +472,7 @@ def connect_to_stream(
               frame_format, ring_size)
     check_bool("low_latency", low_latency)
     check_bool("debug", debug)
+    geometry = FrameGeometry(frame_size, crop, cast("ResizeFilter", resize))
     if debug:
         _enable_debug_logging()
     from ._dispatch import Dispatcher
@@ -473,7 +481,7 @@ def connect_to_stream(
     deadline = Deadline(timeout)
     conn = SpectatorConnection(_PRIVATE)
     conn._on_disconnected = on_disconnected
-    conn._ring = FrameRing(ring_size, cast("PixelFormat", frame_format))  # validated above
+    conn._ring = FrameRing(ring_size, cast("PixelFormat", frame_format), geometry)
     conn._dispatch = Dispatcher(name=f"odyssey-spectator-{conn._id}")
     try:
         conn._dispatch.start()

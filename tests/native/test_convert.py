@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from odyssey_sync import _frames
-from odyssey_sync._frames import convert_frame, native_available
+from odyssey_sync import _convert as _frames
+from odyssey_sync._convert import convert_frame, native_available
 
 U8 = npt.NDArray[np.uint8]
 FORMATS = ("rgb24", "bgr24", "rgba")

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from odyssey_sync._frames import FrameRing, RingStats, VideoFrame, convert_frame
+from odyssey_sync._frames import FrameGeometry, FrameRing, RingStats, VideoFrame, convert_frame
 
 U8 = npt.NDArray[np.uint8]
 
@@ -233,6 +233,70 @@ def test_user_constructed_frame() -> None:
     with f:
         pass
     assert f.released
+    assert (f.source_width, f.source_height) == (6, 4)  # default: the frame's own size
+    g = VideoFrame(data, 6, 4, 0, source_width=1280, source_height=704)
+    assert (g.source_width, g.source_height) == (1280, 704)
+    assert (g.copy().source_width, g.copy().source_height) == (1280, 704)
+    with pytest.raises(TypeError, match="source_width must be an int"):
+        VideoFrame(data, 6, 4, 0, source_width=2.5)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- output geometry
+
+
+def test_ring_resizes_into_slots_of_the_output_size(rng: np.random.Generator) -> None:
+    geometry = FrameGeometry((16, 12), (8, 0, 48, 48), "area")
+    ring = FrameRing(slots=3, pixel_format="bgr24", geometry=geometry)
+    assert ring.geometry is geometry
+    src = make_frame(rng, 64, 48)
+    assert ring.write(src, timestamp_ms=5) == 1
+    with ring.latest() as f:  # type: ignore[union-attr]
+        assert (f.width, f.height, f.source_width, f.source_height) == (16, 12, 64, 48)
+        assert f.data.shape == (12, 16, 3)
+        np.testing.assert_array_equal(
+            f.data, convert_frame(src, "bgr24", size=(16, 12), crop=(8, 0, 48, 48)))
+        assert (f.copy().source_width, f.copy().height) == (64, 12)
+    assert "geometry=FrameGeometry(size=(16, 12)" in repr(ring)
+
+
+def test_fixed_size_ring_keeps_its_slots_across_source_resolutions(
+        rng: np.random.Generator) -> None:
+    ring = FrameRing(geometry=FrameGeometry((20, 10), None, "bilinear"))
+    ring.write(make_frame(rng, 64, 48))
+    first = ring.latest()
+    assert first is not None
+    arrays = [s.array for s in ring._slots]
+    ring.write(make_frame(rng, 96, 40))  # the source changes size, the output does not
+    assert [s.array for s in ring._slots] == arrays
+    with ring.latest() as f:  # type: ignore[union-attr]
+        assert (f.width, f.height, f.source_width, f.source_height) == (20, 10, 96, 40)
+    assert (first.source_width, first.source_height) == (64, 48)
+    first.release()
+
+
+def test_crop_only_ring_follows_the_crop(rng: np.random.Generator) -> None:
+    ring = FrameRing(geometry=FrameGeometry(None, (2, 2, 30, 20)))
+    src = make_frame(rng, 64, 48)
+    ring.write(src)
+    with ring.latest() as f:  # type: ignore[union-attr]
+        assert f.data.shape == (20, 30, 3) and (f.source_width, f.source_height) == (64, 48)
+        np.testing.assert_array_equal(f.data, convert_frame(src)[2:22, 2:32])
+
+
+def test_crop_that_does_not_fit_the_frame_raises_and_publishes_nothing(
+        rng: np.random.Generator) -> None:
+    ring = FrameRing(geometry=FrameGeometry((16, 16), (40, 0, 48, 48)))
+    with pytest.raises(ValueError, match=r"does not fit inside the 64×48 frame"):
+        ring.write(make_frame(rng, 64, 48))
+    assert ring.latest() is None and ring.last_seq == 0
+    assert ring.stats.written == 0
+    assert ring.write(make_frame(rng, 96, 48)) == 1  # a frame it fits is fine
+
+
+def test_ring_rejects_a_geometry_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError, match="geometry must be a FrameGeometry"):
+        FrameRing(geometry=(84, 84))  # type: ignore[arg-type]
+    assert FrameRing().geometry == FrameGeometry()
 
 
 # --------------------------------------------------------------------------- resolution change
@@ -443,9 +507,11 @@ def test_stress_one_writer_four_readers_never_torn(rng: np.random.Generator) -> 
     assert s.held == 0
 
 
+@pytest.mark.parametrize("geometry", [None, FrameGeometry((16, 12)),
+                                      FrameGeometry((20, 20), (3, 3, 40, 40), "bilinear")])
 def test_no_per_frame_allocation_in_steady_state(
-        sources: list[tuple[av.VideoFrame, U8]]) -> None:
-    ring = FrameRing()
+        sources: list[tuple[av.VideoFrame, U8]], geometry: FrameGeometry | None) -> None:
+    ring = FrameRing(geometry=geometry)
     srcs = [s for s, _ in sources]
 
     def cycle(n: int) -> None:
