@@ -111,8 +111,9 @@ def test_actions_outside_the_space_raise_before_any_network_call() -> None:
 
 # ---------------------------------------------------------------- against the server
 def test_check_env_passes(server: LocalOdyssey) -> None:
-    env = make(server, max_prompt_chars=24)
+    env = make(server, max_prompt_chars=24, obs_size=(84, 84))  # resized by the client
     try:
+        assert env.observation_space.shape == (84, 84, 3)
         check_env(env.unwrapped)
     finally:
         env.close()
@@ -191,18 +192,18 @@ def test_truncation_reward_and_termination_hooks(server: LocalOdyssey) -> None:
 def test_vector_env_of_two_steps_at_the_requested_rate(server: LocalOdyssey, mode: str) -> None:
     envs = gymnasium.make_vec(
         ENV_ID, num_envs=2, vectorization_mode=mode, api_key=server.api_key,
-        api_url=server.url, obs_size=SIZE, prompts=["left", "right"], control_hz=10,
+        api_url=server.url, obs_size=(64, 48), prompts=["left", "right"], control_hz=10,
         prompt="Two robots in a field",
     )
     try:
         obs, infos = envs.reset(seed=3)
-        assert obs.shape == (2, SIZE[1], SIZE[0], 3)
+        assert obs.shape == (2, 48, 64, 3)
         assert len(set(infos["stream_id"])) == 2  # two sessions, two streams
         started = time.monotonic()
         for _ in range(6):
             obs, _, terminated, _, infos = envs.step(np.array([1, 0]))
         assert time.monotonic() - started >= 5 * 0.1
-        assert obs.shape == (2, SIZE[1], SIZE[0], 3) and not terminated.any()
+        assert obs.shape == (2, 48, 64, 3) and obs.any() and not terminated.any()
         assert (infos["frame_seq"] > 0).all()
     finally:
         envs.close()
