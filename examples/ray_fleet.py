@@ -81,7 +81,7 @@ def main() -> int:
     acks = [a for a in table.column("ack").to_pylist() if a]
     ages = np.array(table.column("frame_age_s").to_pylist()) * 1000
     print(f"read back {table.num_rows} rows, observations {frames.shape} {frames.dtype}, "
-          f"{table.column('episode_id').unique().length()} episodes, {len(sent)} prompts sent, "
+          f"{len(table.column('episode_id').unique())} episodes, {len(sent)} prompts sent, "
           f"{len(acks)} acknowledged, frame age p50 {np.median(ages):.1f} ms")
     return 0
 
