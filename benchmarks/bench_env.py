@@ -294,7 +294,7 @@ def baseline_streams(url: str, n: int, seconds: float) -> tuple[list[float], flo
 
 def streams_part(seconds: float, codec: str) -> str:
     fps = 20.0
-    plans = {(320, 176): (1, 2, 4, 6, 8, 12, 16), (1280, 704): (1, 2, 4, 6, 8)}
+    plans = {(320, 176): (1, 2, 4, 8, 12, 16, 20, 24), (1280, 704): (1, 2, 4, 6, 8)}
     lines = [
         f"Server: subprocess at {fps:g} fps, {codec.upper()} only; each stream's first 40 "
         "packets are encoded, "
@@ -381,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("env", "fleet", "streams", "all"), default="all")
     parser.add_argument("--seconds", type=float, default=6.0, help="window of each run")
     parser.add_argument("--obs-size", default="84x84", help="observation size of part env")
-    parser.add_argument("--codecs", default="vp8,h264",
+    # h264 is available, but its looped source measured 19.0 fps delivered (a frame of
+    # each loop is lost), right on the 95 % line: its "sustained" column means little.
+    parser.add_argument("--codecs", default="vp8",
                         help="server codecs of part streams, comma-separated")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args(argv)
