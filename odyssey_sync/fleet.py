@@ -24,7 +24,9 @@ when its rollouts are written. So 20 actors under a limit of 5 never hold
 more than 5 sessions, whatever resources the cluster has.
 
 Failures. Actors are created with ``max_restarts`` and ``max_task_retries``:
-when an actor's process dies, Ray restarts it and runs its rollouts again.
+when an actor's process dies, Ray restarts it and runs its rollouts again
+(waiting up to two minutes for a stream slot, since the service keeps a dead
+session's slot until it times it out).
 Episodes whose shard already exists are skipped, the interrupted one is
 recorded again from a new stream. A shard is written to a hidden temporary
 name (``.NAME.parquet.tmp-PID``, ignored by pyarrow and Ray Data) and renamed
@@ -57,6 +59,7 @@ import ray
 
 from ._batch import MAX_QUEUED_JOBS, BatchItem, BatchResult, prepare_batch, simulate_one
 from ._download import progress_bar
+from .errors import ConcurrentLimitReachedError
 
 __all__ = [
     "ROLLOUT_SCHEMA",
@@ -93,6 +96,10 @@ ROLLOUT_SCHEMA = pa.schema([
 ])
 
 Policy = Callable[[Any, dict[str, Any]], Any]
+
+#: how long an actor waits for a free stream slot (a crashed session still held)
+_LIMIT_WAIT = 120.0
+_LIMIT_RETRY = 2.0
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,7 @@ class RolloutActor:
                  policy: Policy | None) -> dict[str, list[Any]]:
         rows: dict[str, list[Any]] = {name: [] for name in ROLLOUT_SCHEMA.names}
         episode_id = f"{self._prefix()}-e{episode:05d}"
-        obs, info = env.reset(seed=episode)
+        obs, info = _reset_within_limit(env, episode)
         self._add(rows, episode_id, episode, obs, None, 0.0, False, False, info)
         for _ in range(steps):
             context = {**info, "actor": self.index, "episode": episode}
@@ -477,6 +484,25 @@ def _in_flight(running: dict[Any, tuple[int, Any]]) -> int:
         with contextlib.suppress(ray.exceptions.RayError):
             counts += int(ray.get(ref, timeout=2.0))
     return counts
+
+
+def _reset_within_limit(env: Any, seed: int) -> tuple[Any, dict[str, Any]]:
+    """``env.reset``, waiting while the account is at its concurrent-stream limit.
+
+    After an actor crash, the service keeps the dead session's slot until its
+    own clean-up times it out (PROTOCOL §17), so the restarted actor can find
+    the account full although the fleet runs no more than ``max_sessions``.
+    """
+    waited = 0.0
+    while True:
+        try:
+            result: tuple[Any, dict[str, Any]] = env.reset(seed=seed)
+            return result
+        except ConcurrentLimitReachedError:
+            if waited >= _LIMIT_WAIT:
+                raise
+            time.sleep(_LIMIT_RETRY)
+            waited += _LIMIT_RETRY
 
 
 def _no_op(space: Any) -> Any:

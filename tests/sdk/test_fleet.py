@@ -58,15 +58,22 @@ def ray_runtime() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
     # One slot more than the fleet may use: the limit under test is the fleet's own.
-    with LocalOdyssey(size=SIZE, fps=10, capacity=3, max_concurrent_per_key=3,
-                      recordings=False, data_dir=tmp_path_factory.mktemp("fleet")) as srv:
+    # The key may hold 2 sessions, as the fleet; a crashed actor's session keeps
+    # its slot for the (short) stale timeout, as the service does.
+    with LocalOdyssey(size=SIZE, fps=10, capacity=3, max_concurrent_per_key=2,
+                      stale_session_timeout=2.0, recordings=False,
+                      data_dir=tmp_path_factory.mktemp("fleet")) as srv:
         warm_up(srv)
         warm_up_simulations(srv)
         yield srv
 
 
 class SessionWatcher:
-    """Samples the server's allocations on a thread of its own (joined on exit)."""
+    """Samples the server's live sessions on a thread of its own (joined on exit).
+
+    A crashed client's session lingers as *stale* until the server's timeout:
+    it holds a slot but no process runs it, so it is not counted as live.
+    """
 
     def __init__(self, server: LocalOdyssey) -> None:
         self.server = server
@@ -77,7 +84,9 @@ class SessionWatcher:
 
     def _run(self) -> None:
         while not self.stop.wait(0.05):
-            self.peak = max(self.peak, len(server_state(self.server)["allocations"]))
+            allocations = server_state(self.server)["allocations"]
+            live = [a for a in allocations if a["stale_seconds"] is None]
+            self.peak = max(self.peak, len(live))
             self.samples += 1
 
     def __enter__(self) -> SessionWatcher:
