@@ -14,6 +14,7 @@ wheel) the build checks skip; ``test_native_loaded_when_required`` still runs th
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -37,6 +38,11 @@ pytestmark = pytest.mark.slow
 # Run inside the fresh environment: which odyssey_sync is imported, and does it convert?
 PROBE = """
 import json, sys, warnings
+# This environment's editable install of odyssey_sync (seen through
+# --system-site-packages) adds a meta-path finder that would serve odyssey_sync._yuv
+# from the checkout when the installed copy lacks it: drop it, test only the install.
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if not (getattr(f, "__module__", "") or "").startswith("__editable__")]
 import av, numpy as np
 import odyssey_sync
 from odyssey_sync import convert_frame, native_available
@@ -55,6 +61,43 @@ if native_available():
 print(json.dumps({"file": odyssey_sync.__file__, "native": native_available(),
                   "yuv": yuv, "diff": diff, "prefix": sys.prefix}))
 """
+
+
+# Run inside a bare environment of another CPython (only cffi installed): load the
+# wheel's extension module by path, without the package's dependencies, and call it.
+ABI3_PROBE = """
+import importlib.machinery, importlib.util, json, pathlib, sys, sysconfig
+so, = (pathlib.Path(sysconfig.get_paths()["platlib"]) / "odyssey_sync").glob("_yuv.abi3.*")
+loader = importlib.machinery.ExtensionFileLoader("odyssey_sync._yuv", str(so))
+spec = importlib.util.spec_from_file_location("odyssey_sync._yuv", so, loader=loader)
+module = importlib.util.module_from_spec(spec)
+loader.exec_module(module)
+print(json.dumps({"version": list(sys.version_info[:2]), "so": str(so),
+                  "level": module.lib.oys_active_level()}))
+"""
+
+
+def _other_cpythons() -> list[Path]:
+    """The oldest and the newest CPython >= 3.10 on this machine other than this one."""
+    found: dict[tuple[int, int], Path] = {}
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(10, 20)]
+    candidates += [str(p) for p in Path.home().glob(".pyenv/versions/3.*/bin/python3.*")]
+    for candidate in candidates:
+        if not candidate or candidate.endswith("-config"):
+            continue
+        try:
+            out = subprocess.run(
+                [candidate, "-c", "import sys, sysconfig; print(*sys.version_info[:2], "
+                 "sys.implementation.name, bool(sysconfig.get_config_var('Py_GIL_DISABLED')))"],
+                capture_output=True, text=True, timeout=30, check=True,
+            ).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        version = (int(out[0]), int(out[1]))
+        other = version != sys.version_info[:2]
+        if out[2:] == ["cpython", "False"] and version >= (3, 10) and other:
+            found.setdefault(version, Path(candidate))
+    return [found[v] for v in sorted({min(found), max(found)})] if found else []
 
 
 def _require_checkout() -> None:
@@ -124,8 +167,6 @@ def _install(python: Path, env: dict[str, str], target: Path, cwd: Path, *extra:
 
 
 def _probe(python: Path, env: dict[str, str], cwd: Path) -> dict[str, object]:
-    import json
-
     proc = subprocess.run(
         [str(python), "-c", PROBE], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=120, check=False,
@@ -179,6 +220,36 @@ def test_sdist_without_a_compiler_installs_the_numpy_fallback(
     assert str(result["file"]).startswith(str(result["prefix"])), result
     assert result["native"] is False, result
     assert result["diff"] == 0, result
+
+
+def test_the_same_wheel_loads_on_other_cpythons(dist_dir: Path, tmp_path: Path) -> None:
+    """abi3: the one wheel installs and its extension runs on the oldest and the newest
+    other CPython >= 3.10 found here (e.g. pyenv's 3.10 and 3.13)."""
+    pythons = _other_cpythons()
+    if not pythons:
+        pytest.skip("no other CPython >= 3.10 on this machine")
+    wheel = _one(dist_dir, "*.whl")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(CC="/nonexistent/cc", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    for n, base in enumerate(pythons):
+        home = tmp_path / f"venv{n}"
+        subprocess.run([str(base), "-m", "venv", "--without-pip", str(home)],
+                       check=True, timeout=120, env=env)
+        python = home / "bin" / "python"
+        # This environment's pip installs into the other interpreter's venv (pip --python);
+        # the extension module needs only cffi's backend, not the package's dependencies.
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+             "--no-deps", "--only-binary=:all:", "cffi", str(wheel)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        proc = subprocess.run([str(python), "-c", ABI3_PROBE], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["so"].startswith(str(home)), result
+        assert result["level"] >= 0, result
 
 
 def test_native_loaded_when_required() -> None:
