@@ -106,7 +106,9 @@ class OfflineMethods:
         Raises:
             ValueError: empty/invalid ``stream_id`` or no API key.
             OdysseyNotFoundError: no such stream for this account.
-            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
+            OdysseyAuthError: the API key was refused.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         validate_id(stream_id, "stream_id")
         self._require_api_key("get_recording()")
@@ -130,7 +132,9 @@ class OfflineMethods:
 
         Raises:
             TypeError/ValueError: bad ``limit``/``offset`` or no API key.
-            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
+            OdysseyAuthError: the API key was refused.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise TypeError("limit must be an int or None")
@@ -166,7 +170,9 @@ class OfflineMethods:
         Raises:
             ValueError: bad ``stream_id``, missing parent directory, no API key.
             OdysseyNotFoundError: unknown stream, or its video is not ready yet.
-            OdysseyTimeoutError, OdysseyConnectionError (also on a truncated body).
+            OdysseyTimeoutError: not finished within ``timeout``.
+            OdysseyConnectionError: the service could not be reached, or the body
+                was truncated.
         """
         validate_id(stream_id, "stream_id")
         if not isinstance(path, (str, os.PathLike)):
@@ -234,7 +240,9 @@ class OfflineMethods:
             OdysseyPermissionError: ``bypass_prompt_expansion`` without the privilege.
             OdysseyRequestError: the service refused the script.
             OdysseyUsageError: an account limit (429).
-            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
+            OdysseyAuthError: the API key was refused.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         body = build_simulation_body(
             script=script, scripts=scripts, script_url=script_url, portrait=portrait,
@@ -253,8 +261,10 @@ class OfflineMethods:
 
         Raises:
             ValueError: bad ``job_id`` or no API key.
-            OdysseyNotFoundError (404), OdysseyPermissionError (403, another
-            account's job), OdysseyTimeoutError, OdysseyConnectionError.
+            OdysseyNotFoundError: no such job (404).
+            OdysseyPermissionError: another account's job (403).
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         validate_id(job_id, "job_id")
         self._require_api_key("get_simulate_status()")
@@ -283,7 +293,9 @@ class OfflineMethods:
         Raises:
             TypeError/ValueError: out-of-range or mistyped filters, no API key
                 (checked before any request).
-            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
+            OdysseyAuthError: the API key was refused.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         self._require_api_key("list_simulations()")
         return self._api.list_simulations(
@@ -303,8 +315,10 @@ class OfflineMethods:
             ValueError: bad ``job_id`` or no API key.
             OdysseyRequestError: the job can no longer be cancelled (400; the
                 message carries the service's reason).
-            OdysseyNotFoundError, OdysseyPermissionError, OdysseyTimeoutError,
-            OdysseyConnectionError.
+            OdysseyNotFoundError: no such job.
+            OdysseyPermissionError: another account's job.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         validate_id(job_id, "job_id")
         self._require_api_key("cancel_simulation()")
@@ -341,9 +355,11 @@ class OfflineMethods:
                 (``reason="simulation_cancelled"``).
             OdysseyTimeoutError: still not finished after ``timeout``.
             ValueError: bad arguments or no API key.
-            OdysseyNotFoundError, OdysseyPermissionError, OdysseyAuthError,
-            OdysseyConnectionError (after the retries), as for
-            :meth:`get_simulate_status`.
+            OdysseyNotFoundError: no such job (as for :meth:`get_simulate_status`).
+            OdysseyPermissionError: another account's job.
+            OdysseyAuthError: the API key was refused.
+            OdysseyConnectionError: the service could not be reached (after the
+                retries).
         """
         validate_id(job_id, "job_id")
         if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)):
@@ -425,9 +441,11 @@ class OfflineMethods:
 
         Raises:
             ValueError: no API key.
-            OdysseyAuthError: key refused. OdysseyUsageError: account limits.
+            OdysseyAuthError: key refused.
+            OdysseyUsageError: account limits.
             OdysseyQueueTimeoutError: no streamer freed up within ``queue_timeout``.
-            OdysseyTimeoutError, OdysseyConnectionError.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         self._require_api_key("create_client_credentials()")
         queue = self._default_queue_timeout() if queue_timeout is None else queue_timeout

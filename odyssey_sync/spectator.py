@@ -108,6 +108,7 @@ class SpectatorStats(ClientStats):
     def collect(
         cls, ring: FrameRing | None, dispatch: Dispatcher | None, first_frame_at: float | None
     ) -> SpectatorStats:
+        """A snapshot of the counters of ``ring`` and ``dispatch`` (zeros without a ring)."""
         if ring is None:
             return cls()
         r = ring.stats
