@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from odyssey_sync import _frames  # noqa: E402
 from odyssey_sync.client import Odyssey  # noqa: E402
-from odyssey_sync.local.stamp import decode_stamp  # noqa: E402
+from odyssey_sync.local.render.stamp import decode_stamp  # noqa: E402
 
 BENCH_KEY = "ody_bench_local_key_0123456789"
 

@@ -1,6 +1,6 @@
 """Receive latency of plain aiortc vs the low-latency jitter buffer (issue 6).
 
-A plain aiortc sender streams stamped frames (odyssey_sync.local.stamp: frame
+A plain aiortc sender streams stamped frames (odyssey_sync.local.render.stamp: frame
 number + send time drawn into the picture) to a plain aiortc receiver over
 loopback; the receiver decodes each frame, reads the stamp and records
 sender-stamp → decoded-frame latency. Run once with aiortc's stock video
@@ -57,9 +57,9 @@ if __package__ in (None, ""):  # run as a script: make the source tree importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from odyssey_sync._jitter import JitterStats, apply_low_latency, low_latency_stats
-from odyssey_sync.local._rt_rtp import RtpFaultSeam
 from odyssey_sync.local.faults import Faults
-from odyssey_sync.local.stamp import decode_stamp, stamp_frame
+from odyssey_sync.local.realtime.rtp import RtpFaultSeam
+from odyssey_sync.local.render.stamp import decode_stamp, stamp_frame
 
 VIDEO_CLOCK = 90000
 BLOCK = 32  # side of the moving white block that proves the whole picture decoded

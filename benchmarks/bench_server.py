@@ -2,7 +2,7 @@
 
 Runs ``python -m odyssey_sync.local`` (= ``odyssey-sync serve``) in a subprocess (so its CPU time
 is measured apart from the receiver's), allocates a session over the HTTP API
-and receives the stream with the plain aiortc test peer of tests/rtc_peer.py,
+and receives the stream with the plain aiortc test peer of tests/local/rtc_peer.py,
 decoding every frame's stamp. For each configuration it prints one row:
 
 * server CPU ms per streamed frame (user + system time of the server process
@@ -34,9 +34,8 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from rtc_peer import TestPeer  # noqa: E402
+from tests.local.rtc_peer import TestPeer  # noqa: E402
 
 API_KEY = "bench-key-0123456789"
 

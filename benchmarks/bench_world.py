@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from odyssey_sync.local.media import render_recording
-from odyssey_sync.local.stamp import decode_stamp, stamp_frame
-from odyssey_sync.local.world import World
+from odyssey_sync.local.render.media import render_recording
+from odyssey_sync.local.render.stamp import decode_stamp, stamp_frame
+from odyssey_sync.local.render.world import World
 
 
 def _timings(fn: Callable[[int], object], n: int, warmup: int = 10) -> tuple[float, float, float]:

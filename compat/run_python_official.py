@@ -45,7 +45,7 @@ class Frames:
     last_stamp_frame: int | None = None
 
     def on_frame(self, frame: Any) -> None:
-        from odyssey_sync.local.stamp import decode_stamp
+        from odyssey_sync.local.render.stamp import decode_stamp
 
         self.count += 1
         self.sizes.add((int(frame.width), int(frame.height)))

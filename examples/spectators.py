@@ -23,7 +23,7 @@ import time
 
 from odyssey_sync import Odyssey, connect_to_stream
 from odyssey_sync.local import LocalOdyssey
-from odyssey_sync.local.stamp import decode_stamp
+from odyssey_sync.local.render.stamp import decode_stamp
 from odyssey_sync.types import BroadcastInfo
 
 

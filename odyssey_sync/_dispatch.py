@@ -196,7 +196,7 @@ class Dispatcher:
         current = threading.current_thread()
         return current is self._event_thread or current is self._video_thread
 
-    def stop(self, timeout: float = 5.0, *, drain: bool = True) -> None:
+    def stop(self, timeout: float = 5.0, *, drain: bool = True) -> bool:
         """Stop the workers and join them (bounded), except the calling one.
 
         Blocking up to ``timeout`` seconds per worker. ``drain=True`` lets the
@@ -204,7 +204,8 @@ class Dispatcher:
         before still arrives); ``drain=False`` discards them. Called from a
         worker thread (a callback calling ``disconnect()``), it signals the
         workers and returns without joining the calling thread, which exits
-        when the callback returns. Idempotent.
+        when the callback returns. Idempotent. Returns False when a worker
+        (other than the calling one) is still running after ``timeout``.
         """
         with self._cond:
             if not drain:
@@ -215,15 +216,18 @@ class Dispatcher:
             self._cond.notify_all()
         self._video_stop.set()
         current = threading.current_thread()
+        joined = True
         for thread in (self._video_thread, self._event_thread):
             if thread is None or thread is current or not thread.is_alive():
                 continue
             thread.join(timeout)
             if thread.is_alive():
+                joined = False
                 log.warning(
                     "callback thread %s still busy after %.1f s; leaving it (daemon)",
                     thread.name, timeout,
                 )
+        return joined
 
     # ---------------------------------------------------------------- events
     def post(self, fn: Callable[..., Any] | None, *args: Any, name: str | None = None) -> bool:

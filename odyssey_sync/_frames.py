@@ -365,10 +365,12 @@ class VideoFrame:
         timestamp_ms: presentation time of the frame in the stream, milliseconds.
         seq: 1, 2, 3... in publish order within one ring; 0 for user-made frames.
         received_at: ``time.monotonic()`` seconds when the frame was published.
+        stream_id: the stream the frame belongs to (``None`` for frames sent
+            while no stream ran, and for user-made frames).
     """
 
     __slots__ = ("__weakref__", "_data", "_released", "_ring", "_slot", "height",
-                 "received_at", "seq", "timestamp_ms", "width")
+                 "received_at", "seq", "stream_id", "timestamp_ms", "width")
 
     def __init__(
         self,
@@ -379,6 +381,7 @@ class VideoFrame:
         *,
         seq: int = 0,
         received_at: float | None = None,
+        stream_id: str | None = None,
     ) -> None:
         """Wrap ``data`` (not copied) as an owned frame. Non-blocking.
 
@@ -401,6 +404,7 @@ class VideoFrame:
         self.timestamp_ms = int(timestamp_ms)
         self.seq = int(seq)
         self.received_at = time.monotonic() if received_at is None else float(received_at)
+        self.stream_id = stream_id
         self._ring: FrameRing | None = None
         self._slot: _Slot | None = None
         self._released = False
@@ -415,6 +419,7 @@ class VideoFrame:
         frame.timestamp_ms = slot.timestamp_ms
         frame.seq = slot.seq
         frame.received_at = slot.received_at
+        frame.stream_id = slot.stream_id
         frame._ring = ring
         frame._slot = slot
         frame._released = False
@@ -430,6 +435,11 @@ class VideoFrame:
         return d
 
     @property
+    def age(self) -> float:
+        """Seconds since the frame was published (``time.monotonic()`` based). Non-blocking."""
+        return time.monotonic() - self.received_at
+
+    @property
     def released(self) -> bool:
         """True once :meth:`release` ran."""
         return self._released
@@ -440,7 +450,7 @@ class VideoFrame:
         Raises RuntimeError if this frame was already released.
         """
         return VideoFrame(self.data.copy(), self.width, self.height, self.timestamp_ms,
-                          seq=self.seq, received_at=self.received_at)
+                          seq=self.seq, received_at=self.received_at, stream_id=self.stream_id)
 
     def release(self) -> None:
         """Give the ring slot back. Idempotent, non-blocking, any thread.
@@ -507,8 +517,8 @@ class RingStats:
 class _Slot:
     """One preallocated output buffer plus the metadata of the frame in it."""
 
-    __slots__ = ("array", "height", "received_at", "refs", "seq", "timestamp_ms", "view",
-                 "width")
+    __slots__ = ("array", "height", "received_at", "refs", "seq", "stream_id", "timestamp_ms",
+                 "view", "width")
 
     def __init__(self, shape: tuple[int, int, int]) -> None:
         self.array: U8Array = np.empty(shape, np.uint8)
@@ -521,6 +531,7 @@ class _Slot:
         self.seq = 0
         self.timestamp_ms = 0
         self.received_at = 0.0
+        self.stream_id: str | None = None
 
 
 class FrameRing:
@@ -614,7 +625,9 @@ class FrameRing:
             self._converter = _default_converter()
         return self._converter
 
-    def write(self, frame: av.VideoFrame, timestamp_ms: int | None = None) -> int | None:
+    def write(
+        self, frame: av.VideoFrame, timestamp_ms: int | None = None, stream_id: str | None = None
+    ) -> int | None:
         """Convert ``frame`` into a free slot and publish it. Single writer thread only.
 
         Never blocks on consumers: holds the ring lock only to pick a slot and to
@@ -624,6 +637,7 @@ class FrameRing:
             frame: a decoded ``av.VideoFrame`` (yuv420p/nv12 natively, others via PyAV).
             timestamp_ms: stream time to attach; default ``frame.pts × time_base``
                 in ms, 0 when unknown.
+            stream_id: the stream the frame belongs to (``VideoFrame.stream_id``).
 
         Returns:
             The new frame's seq, or None if the frame was dropped (every slot held,
@@ -675,6 +689,7 @@ class FrameRing:
             slot.seq = self._seq
             slot.timestamp_ms = int(timestamp_ms)
             slot.received_at = time.monotonic()
+            slot.stream_id = stream_id
             self._latest = slot
             self._written += 1
             self._cond.notify_all()

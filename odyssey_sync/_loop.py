@@ -139,22 +139,30 @@ class LoopThread:
             # Give cancelled tasks one bounded chance to run their finally blocks.
             loop.run_until_complete(asyncio.wait(tasks, timeout=2.0))
 
-    def stop(self, timeout: float = 5.0) -> None:
+    @property
+    def alive(self) -> bool:
+        """Whether the loop's thread is still running (also while stopping)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> bool:
         """Cancel remaining tasks, close the loop and join the thread.
 
         Blocking, any thread but the loop's (``RuntimeError`` there). Idempotent;
         a no-op when never started. ``timeout`` bounds the join; a thread still
         alive after it is logged and left (it is a daemon) rather than hanging
-        the caller.
+        the caller. Returns True when the thread is gone (or never ran).
         """
         self._refuse_own_thread("LoopThread.stop()")
         with self._lock:
-            if self._stopped:
-                return
+            already = self._stopped
             self._stopped = True
             loop, thread = self._loop, self._thread
         if loop is None or thread is None:
-            return
+            return True
+        if already:
+            thread.join(timeout)
+            return not thread.is_alive()
         with contextlib.suppress(RuntimeError):  # loop already closed
             loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
@@ -162,6 +170,7 @@ class LoopThread:
             log.warning(
                 "%s did not stop within %.1f s; leaving the daemon thread", self.name, timeout
             )
+        return not thread.is_alive()
 
     # ------------------------------------------------------------------ doors
     def submit(

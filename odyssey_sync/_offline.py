@@ -13,7 +13,7 @@ refresh included), after which :class:`~odyssey_sync.errors.OdysseyTimeoutError`
 is raised.
 
 Errors. Bad arguments raise ``TypeError``/``ValueError`` before any request;
-server answers map to :mod:`odyssey_sync.errors` (see :mod:`odyssey_sync._api`):
+server answers map to :mod:`odyssey_sync.errors` (see :mod:`odyssey_sync._http`):
 ``OdysseyNotFoundError`` (404), ``OdysseyPermissionError`` (403),
 ``OdysseyRequestError`` (400/422), ``OdysseyAuthError`` (401, bad key),
 ``OdysseyUsageError`` subclasses (429), ``OdysseyConnectionError`` (network,
@@ -28,8 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._api import ApiClient, progress_bar, validate_id
 from ._deadline import Deadline
+from ._download import progress_bar
+from ._http import validate_id
+from ._rest import ApiClient
 from ._scripts import build_simulation_body
 from .errors import (
     OdysseyConnectionError,

@@ -1,7 +1,8 @@
-"""The WebRTC peer (PROTOCOL §5, §6): aiortc, on the loop thread only.
+"""The WebRTC peers (PROTOCOL §5, §6, §8.2): aiortc, on a loop thread only.
 
-:class:`RtcPeer` answers the streamer's offer, tracks the two data channels,
-adds trickled remote candidates, and runs the *track readers*:
+:class:`RtcPeer` (the client) answers the streamer's offer, tracks the two
+data channels and adds trickled remote candidates; :class:`WhepPeer` (the
+spectator) makes a receive-only WHEP offer. Both run the same *track readers*:
 
 * the video reader awaits each decoded frame and writes it into the frame
   ring (native conversion, GIL released; never ``to_ndarray`` on the loop),
@@ -41,6 +42,7 @@ __all__ = [
     "DATA_CHANNEL_FALLBACK_BYTES",
     "PeerEvents",
     "RtcPeer",
+    "WhepPeer",
     "ice_servers_from_config",
     "max_message_size_from_sdp",
 ]
@@ -58,7 +60,7 @@ _MAX_MESSAGE_RE = re.compile(r"^a=max-message-size:(\d+)\s*$", re.MULTILINE)
 class FrameSink(Protocol):
     """The part of ``odyssey_sync._frames.FrameRing`` the reader uses."""
 
-    def write(self, frame: Any, timestamp_ms: int | None = None) -> int | None: ...
+    def write(self, frame: Any) -> int | None: ...
 
 
 class PeerEvents(Protocol):
@@ -116,48 +118,161 @@ def max_message_size_from_sdp(sdp: str) -> int:
     return value if value > 0 else DATA_CHANNEL_FALLBACK_BYTES
 
 
-class RtcPeer:
-    """One answering peer connection with its data channels and track readers.
+class _Peer:
+    """What both peers share: the peer connection, the track readers, low latency, close.
 
-    Loop thread only: construct, call and close it on the loop. Create one
-    per ``offer``; the facade closes the previous one before replacing it.
-
-    Args:
-        ice_servers: ``/config`` entries (credentials kept; ``[]`` → no STUN).
-        ring: where decoded video frames go (``write`` must not block).
-        events: the facade's callbacks.
-        low_latency: install the complete-frame jitter buffer on each video
-            receiver (``odyssey_sync._jitter``) when that module is available.
+    Loop thread only. The video reader awaits each decoded frame and writes
+    it into ``sink`` (native conversion, GIL released; never ``to_ndarray``
+    on the loop), so the track is drained whether or not anyone consumes
+    frames; any other track is drained and discarded.
     """
 
     def __init__(
         self,
         *,
         ice_servers: list[dict[str, Any]],
-        ring: FrameSink,
-        events: PeerEvents,
-        low_latency: bool = True,
+        sink: FrameSink,
+        on_frame: Callable[[int], None],
+        low_latency: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._ring = ring
-        self._events = events
+        self._sink = sink
+        self._on_frame = on_frame
         self._low_latency = low_latency
         self._clock = clock
         self._pc = RTCPeerConnection(
             # iceServers=[] (not None): None would make aiortc add a public STUN server.
             RTCConfiguration(iceServers=ice_servers_from_config(ice_servers))
         )
-        self._send_channel: Any = None
-        self._has_video = False
-        self._ready_sent = False
         self._closing = False
-        self._failed = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.max_message_size = DATA_CHANNEL_FALLBACK_BYTES
         self.frames_received = 0
         self.frames_dropped = 0
         self.low_latency_active = False
+        self.video_ended = False
         self._arrivals: collections.deque[float] = collections.deque(maxlen=120)
+
+    @property
+    def pc(self) -> RTCPeerConnection:
+        """The aiortc peer connection (loop thread only)."""
+        return self._pc
+
+    def _install_low_latency(self) -> None:
+        if not self._low_latency:
+            return
+        from ._jitter import apply_low_latency
+
+        for transceiver in self._pc.getTransceivers():
+            if transceiver.kind == "video":
+                try:
+                    apply_low_latency(transceiver.receiver)
+                    self.low_latency_active = True
+                except Exception:  # a seam change must not break connecting
+                    log.warning("could not enable the low-latency receive path", exc_info=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start_reader(self, track: Any) -> None:
+        if track.kind == "video":
+            self._spawn(self._read_video(track))
+        else:
+            # Never used by the interactive API; drained so it cannot grow without bound.
+            self._spawn(self._drain(track))
+
+    async def _read_video(self, track: Any) -> None:
+        try:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    log.debug("video track ended")
+                    return
+                self.frames_received += 1
+                self._arrivals.append(self._clock())
+                try:
+                    seq = self._sink.write(frame)
+                except Exception:  # a conversion bug must not stop draining the track
+                    log.exception("frame conversion failed")
+                    continue
+                if seq is None:
+                    self.frames_dropped += 1
+                else:
+                    self._on_frame(seq)
+        finally:
+            self.video_ended = True
+            self._video_ended()
+
+    def _video_ended(self) -> None:
+        """Hook: the video track ended (or its reader was cancelled)."""
+
+    @staticmethod
+    async def _drain(track: Any) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+
+    @property
+    def fps(self) -> float:
+        """Frames per second over the last (up to) 120 arrivals."""
+        arrivals = self._arrivals
+        if len(arrivals) < 2:
+            return 0.0
+        span = arrivals[-1] - arrivals[0]
+        return (len(arrivals) - 1) / span if span > 0 else 0.0
+
+    async def close(self) -> None:
+        """Close the peer connection (stops aiortc's decoder threads) and readers.
+
+        Idempotent; never raises. No failure event is reported for it.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            await self._pc.close()
+        except Exception:
+            log.debug("error while closing the peer connection", exc_info=True)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+
+
+class RtcPeer(_Peer):
+    """The client's answering peer: data channels, trickled candidates, readiness.
+
+    Loop thread only: construct, call and close it on the loop. Create one
+    per ``offer``; the owner closes the previous one before replacing it.
+
+    Args:
+        ice_servers: ``/config`` entries (credentials kept; ``[]`` → no STUN).
+        sink: where decoded video frames go (``write`` must not block).
+        events: the owner's callbacks.
+        low_latency: install the complete-frame jitter buffer on each video
+            receiver (``odyssey_sync._jitter``).
+    """
+
+    def __init__(
+        self,
+        *,
+        ice_servers: list[dict[str, Any]],
+        sink: FrameSink,
+        events: PeerEvents,
+        low_latency: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(ice_servers=ice_servers, sink=sink, on_frame=events.frame_written,
+                         low_latency=low_latency, clock=clock)
+        self._events = events
+        self._send_channel: Any = None
+        self._has_video = False
+        self._ready_sent = False
+        self._failed = False
+        self.max_message_size = DATA_CHANNEL_FALLBACK_BYTES
         self._pc.on("track", self._on_track)
         self._pc.on("datachannel", self._on_datachannel)
         self._pc.on("connectionstatechange", self._on_connection_state)
@@ -167,27 +282,12 @@ class RtcPeer:
         """Apply the streamer's offer and return our answer SDP (with candidates)."""
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self.max_message_size = max_message_size_from_sdp(sdp)
-        if self._low_latency:
-            self._install_low_latency()
+        self._install_low_latency()
         answer = await self._pc.createAnswer()
         # aiortc gathers all local candidates here and puts them into the SDP.
         await self._pc.setLocalDescription(answer)
         local = self._pc.localDescription
         return str(local.sdp)
-
-    def _install_low_latency(self) -> None:
-        try:
-            from ._jitter import apply_low_latency  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            log.debug("low-latency receive path not available; using aiortc's jitter buffer")
-            return
-        for transceiver in self._pc.getTransceivers():
-            if transceiver.kind == "video":
-                try:
-                    apply_low_latency(transceiver.receiver)
-                    self.low_latency_active = True
-                except Exception:  # a seam change must not break connecting
-                    log.warning("could not enable the low-latency receive path", exc_info=True)
 
     async def add_remote_candidate(self, message: dict[str, Any]) -> None:
         """Add a trickled candidate (§4.4); empty ones (end-of-candidates) are skipped."""
@@ -263,52 +363,11 @@ class RtcPeer:
 
     # ---------------------------------------------------------------- tracks
     def _on_track(self, track: Any) -> None:
+        self._start_reader(track)
         if track.kind == "video":
             self._has_video = True
-            self._spawn(self._read_video(track))
             self._check_ready()
-        else:
-            # Never used by the interactive API; drained so it cannot grow without bound.
-            self._spawn(self._drain(track))
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _read_video(self, track: Any) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                log.debug("video track ended")
-                return
-            self.frames_received += 1
-            self._arrivals.append(self._clock())
-            try:
-                seq = self._ring.write(frame)
-            except Exception:  # a conversion bug must not stop draining the track
-                log.exception("frame conversion failed")
-                continue
-            if seq is None:
-                self.frames_dropped += 1
-            else:
-                self._events.frame_written(seq)
-
-    @staticmethod
-    async def _drain(track: Any) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                await track.recv()
-
-    @property
-    def fps(self) -> float:
-        """Frames per second over the last (up to) 120 arrivals."""
-        arrivals = self._arrivals
-        if len(arrivals) < 2:
-            return 0.0
-        span = arrivals[-1] - arrivals[0]
-        return (len(arrivals) - 1) / span if span > 0 else 0.0
 
     # ------------------------------------------------------------- readiness
     def _check_ready(self) -> None:
@@ -340,21 +399,108 @@ class RtcPeer:
         self._failed = True
         self._events.peer_failed(reason)
 
-    # -------------------------------------------------------------- teardown
-    async def close(self) -> None:
-        """Close the peer connection (stops aiortc's decoder threads) and readers.
 
-        Idempotent; never raises. No failure event is reported for it.
-        """
-        if self._closing:
-            return
-        self._closing = True
+class WhepPeer(_Peer):
+    """The spectator's offering peer (WHEP, PROTOCOL §8.2): receive-only, no data channels.
+
+    Loop thread only. :meth:`make_offer` returns a complete (non-trickle)
+    offer with a video and an audio receive-only transceiver;
+    :meth:`accept_answer` applies the server's answer; :meth:`wait_connected`
+    resolves once the peer connection is up; :meth:`request_keyframe` asks
+    for a key frame so the picture starts at once. ``on_ended`` runs (on the
+    loop) when the connection fails or closes after it was up, or the video
+    track ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        ice_servers: list[dict[str, Any]],
+        sink: FrameSink,
+        on_frame: Callable[[int], None],
+        on_ended: Callable[[], None],
+        low_latency: bool = True,
+    ) -> None:
+        super().__init__(ice_servers=ice_servers, sink=sink, on_frame=on_frame,
+                         low_latency=low_latency)
+        self._on_ended = on_ended
+        self._media_ssrc: int | None = None
+        self.connected = False
+        self._connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Nobody awaits it when connecting is abandoned: mark its exception as seen.
+        self._connected.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        self._pc.on("track", self._start_reader)
+        self._pc.on("connectionstatechange", self._on_connection_state)
+
+    async def make_offer(self, gathering_timeout: float) -> str:
+        """Our complete offer SDP; ICE gathering bounded by ``gathering_timeout``."""
+        from .errors import OdysseyTimeoutError
+
+        self._pc.addTransceiver("video", direction="recvonly")
+        # The audio transceiver is part of the WHEP offer shape (§8.2); a track
+        # that appears on it is drained (PITFALLS: unbounded queue).
+        self._pc.addTransceiver("audio", direction="recvonly")
+        offer = await self._pc.createOffer()
+        # aiortc gathers every candidate inside setLocalDescription, so the SDP
+        # it leaves in localDescription is already complete (non-trickle).
         try:
-            await self._pc.close()
-        except Exception:
-            log.debug("error while closing the peer connection", exc_info=True)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=2.0)
+            await asyncio.wait_for(self._pc.setLocalDescription(offer), gathering_timeout)
+        except asyncio.TimeoutError:
+            raise OdysseyTimeoutError(
+                f"ICE gathering did not finish within {gathering_timeout:g} s"
+            ) from None
+        return str(self._pc.localDescription.sdp)
+
+    async def accept_answer(self, sdp: str) -> None:
+        """Apply the WHEP answer; :class:`OdysseyConnectionError` when it is unusable."""
+        from aiortc.sdp import SessionDescription
+
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except ValueError as exc:
+            raise OdysseyConnectionError(f"WHEP answer rejected: {exc}") from exc
+        self._install_low_latency()
+        with contextlib.suppress(Exception):  # the SSRC is only needed for the PLI
+            for media in SessionDescription.parse(sdp).media:
+                if media.kind == "video" and media.ssrc:
+                    self._media_ssrc = int(media.ssrc[0].ssrc)
+                    break
+
+    async def wait_connected(self) -> None:
+        """Return once the peer connection is ``connected``; raise if it failed first."""
+        await asyncio.shield(self._connected)
+
+    async def request_keyframe(self) -> None:
+        """RTCP PLI on the video receiver: the picture starts at the next key frame."""
+        for transceiver in self._pc.getTransceivers():
+            if transceiver.kind != "video":
+                continue
+            receiver = transceiver.receiver
+            ssrc = self._media_ssrc
+            if ssrc is None:
+                sources = receiver.getSynchronizationSources()
+                ssrc = sources[0].source if sources else None
+            # aiortc has no public API for PLI; this private coroutine is the one
+            # it uses itself after packet loss.
+            send_pli = getattr(receiver, "_send_rtcp_pli", None)
+            if ssrc is not None and send_pli is not None:
+                await send_pli(ssrc)
+            return
+
+    def _on_connection_state(self) -> None:
+        state = self._pc.connectionState
+        log.debug("spectator peer connection state: %s", state)
+        if state == "connected":
+            self.connected = True
+            if not self._connected.done():
+                self._connected.set_result(None)
+        elif state in ("failed", "closed"):
+            if not self._connected.done():
+                self._connected.set_exception(OdysseyConnectionError(
+                    f"spectator peer connection {state} before it connected"))
+            if self.connected and not self._closing:
+                self._on_ended()
+
+    def _video_ended(self) -> None:
+        if self.connected and not self._closing:
+            self._on_ended()

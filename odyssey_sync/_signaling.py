@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import websocket
 
-from .errors import OdysseyConnectionError, OdysseyTimeoutError
+from .errors import OdysseyConnectionError, OdysseyTimeoutError, SignalingHandshakeError
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -98,10 +98,6 @@ def config_url(signaling_url: str) -> str:
     elif url.startswith("ws://"):
         url = "http://" + url[len("ws://"):]
     return url + "/config"
-
-
-class SignalingHandshakeError(OdysseyConnectionError):
-    """The WebSocket upgrade failed (network error or an HTTP status; see ``status``)."""
 
 
 class SignalingChannel:

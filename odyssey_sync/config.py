@@ -12,9 +12,32 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-__all__ = ["DEFAULT_API_URL", "PIXEL_FORMATS", "ClientConfig"]
+__all__ = [
+    "DEFAULT_API_URL",
+    "MAX_LIST_LIMIT",
+    "MAX_LIST_OFFSET",
+    "MAX_PROMPT_CHARS",
+    "MAX_SCRIPTS_PER_BATCH",
+    "MAX_SCRIPT_MS",
+    "PIXEL_FORMATS",
+    "ClientConfig",
+]
 
+#: The Odyssey API, used when neither ``api_url=`` nor ``$ODYSSEY_API_URL`` is set.
 DEFAULT_API_URL = "https://api.odyssey.ml"
+
+# Documented limits, checked client-side before any network call (the message
+# of the ``ValueError`` names the limit). They match the embedded server's.
+#: Longest prompt, in characters (``start_stream``, ``interact``, script prompts).
+MAX_PROMPT_CHARS = 10_000
+#: Longest simulation script: the ``timestamp_ms`` of its ``end`` entry (10 min).
+MAX_SCRIPT_MS = 10 * 60 * 1000
+#: Most scripts in one batch (``simulate(scripts=[...])``).
+MAX_SCRIPTS_PER_BATCH = 16
+#: Largest page of a list call (``limit=``); PROTOCOL §3.8–3.9.
+MAX_LIST_LIMIT = 100
+#: Largest ``offset=`` of a list call (the range of a signed 64-bit integer).
+MAX_LIST_OFFSET = 2**63 - 1
 
 #: Pixel layouts the frame ring can produce (``VideoFrame.data`` channel order).
 PIXEL_FORMATS = ("rgb24", "bgr24", "rgba")
@@ -55,6 +78,23 @@ class ClientConfig:
         enable_telemetry: send lifecycle/error events to ``{api_url}/telemetry`` (off by default).
         event_queue_size: bound of the ordered event queue (events beyond it
             are dropped and counted).
+        resume: keep the session going across the service's stream and
+            connection limits and across lost connections (see the README's
+            "Long-running sessions"); ``False`` (default) behaves like the
+            official clients: the stream ends and ``frames()`` stops.
+        stream_limit: the service's per-stream limit in seconds (150); with
+            ``resume`` the next stream is brought up a little before it.
+            ``None``: no planned stream handover.
+        connection_limit: the service's per-connection limit in seconds
+            (3600); ``None``: no planned connection handover.
+        handover_lead: how long before a limit the handover starts (default:
+            40 % of the limit, at most 10 s).
+        stall_timeout: with ``resume``, a running stream that delivers no
+            frame for this long is recovered as lost.
+        resume_timeout: budget of one recovery (reconnecting with backoff).
+        resume_image: ``"last"`` (default): the next stream starts from the
+            last received frame (image-to-video) so the picture continues;
+            ``"original"``: from the original prompt and image.
     """
 
     api_url: str = field(default_factory=_default_api_url)
@@ -73,17 +113,31 @@ class ClientConfig:
     low_latency: bool = True
     enable_telemetry: bool = False
     event_queue_size: int = 1024
+    resume: bool = False
+    stream_limit: float | None = 150.0
+    connection_limit: float | None = 3600.0
+    handover_lead: float | None = None
+    stall_timeout: float = 5.0
+    resume_timeout: float = 60.0
+    resume_image: Literal["last", "original"] = "last"
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_url, str) or not self.api_url.strip():
             raise TypeError("api_url must be a non-empty string")
         if not self.api_url.startswith(("http://", "https://")):
             raise ValueError(f"api_url must start with http:// or https://, got {self.api_url!r}")
-        for name in ("debug", "low_latency", "enable_telemetry"):
+        for name in ("debug", "low_latency", "enable_telemetry", "resume"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool")
-        for name in ("connect_timeout", "request_timeout", "stream_timeout"):
+        for name in ("connect_timeout", "request_timeout", "stream_timeout", "stall_timeout",
+                     "resume_timeout"):
             _positive(name, getattr(self, name))
+        for name in ("stream_limit", "connection_limit", "handover_lead"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        if self.resume_image not in ("last", "original"):
+            raise ValueError(
+                f"resume_image must be 'last' or 'original', got {self.resume_image!r}")
         for name in ("initial_retry_delay", "max_retry_delay", "queue_timeout"):
             _non_negative(name, getattr(self, name))
         _non_negative("retry_backoff_multiplier", self.retry_backoff_multiplier)

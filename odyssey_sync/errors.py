@@ -1,20 +1,28 @@
 """The one error tree of odyssey_sync.
 
 Every exception this package raises on purpose is an :class:`OdysseyError`.
-Leaves also subclass the builtin a caller of the official client would catch,
-so code written against the reference keeps working::
+Each class also subclasses the builtin a Python caller would catch for that
+kind of failure, so ``except TimeoutError`` / ``except ConnectionError`` /
+``except ValueError`` / ``except PermissionError`` work without importing
+anything from here, and code written against the official client (which
+raises builtin ``ValueError`` / ``ConnectionError``) keeps working::
 
     OdysseyError(Exception)
-    ├── OdysseyAuthError(ValueError)          bad/expired API key, 401/403/422 on auth
-    ├── OdysseyConnectionError(ConnectionError)
-    │   │                                     allocation, signaling, WebRTC, HTTP 5xx
-    │   └── OdysseyQueueTimeoutError           no streamer freed up within queue_timeout
-    ├── OdysseyRequestError(ValueError)        a 4xx the caller can fix (carries .status)
-    │   ├── OdysseyNotFoundError               404: unknown stream / job / broadcast
-    │   └── OdysseyPermissionError             403: someone else's job, missing privilege
-    ├── OdysseyStreamError                     stream calls: wrong state, stream errors
-    ├── OdysseyTimeoutError(TimeoutError)      a blocking call ran out of time
-    └── OdysseyUsageError                      account limits (HTTP 429 / stream errors)
+    ├── OdysseyAuthError(ValueError)            bad/expired API key, 401/403/422 on auth,
+    │                                           refused spectator token
+    ├── OdysseyConnectionError(ConnectionError) allocation, signaling, WebRTC, HTTP 5xx,
+    │   │                                       unreachable server (names the URL)
+    │   ├── OdysseyQueueTimeoutError(TimeoutError)
+    │   │                                       no streamer freed up within queue_timeout
+    │   └── SignalingHandshakeError             the signaling WebSocket upgrade failed
+    ├── OdysseyRequestError(ValueError)         a 4xx the caller can fix (carries .status)
+    │   ├── OdysseyNotFoundError(LookupError)   404: unknown stream / recording / job
+    │   └── OdysseyPermissionError(PermissionError)
+    │                                           403: someone else's job, missing privilege
+    ├── OdysseyStreamError(RuntimeError)        stream calls: wrong state, stream errors,
+    │                                           a failed or cancelled simulation
+    ├── OdysseyTimeoutError(TimeoutError)       a blocking call ran out of time
+    └── OdysseyUsageError(PermissionError)      account limits (HTTP 429 / stream errors)
         ├── MonthlyLimitReachedError
         ├── ConcurrentLimitReachedError
         ├── StreamDurationExceededError
@@ -22,11 +30,13 @@ so code written against the reference keeps working::
         └── RateLimitError
 
 Invalid *arguments* (wrong types, empty prompts, oversized images, malformed
-scripts) raise the builtin ``TypeError`` / ``ValueError`` before any network
-call, as Python APIs do.
+scripts, ids such as ``".."``, values beyond a documented limit) raise the
+builtin ``TypeError`` / ``ValueError`` before any network call, as Python APIs
+do.
 
 No exception ever carries an API key or a token: messages are built from
-status codes, server ``detail`` texts and ids only.
+status codes, server ``detail`` texts (with secrets masked), URLs without
+their query string, and ids only.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ __all__ = [
     "OdysseyTimeoutError",
     "OdysseyUsageError",
     "RateLimitError",
+    "SignalingHandshakeError",
     "StreamDurationExceededError",
     "stream_error_from_reason",
     "usage_error_from_body",
@@ -101,23 +112,27 @@ class OdysseyConnectionError(OdysseyError, ConnectionError):
     """Connecting failed or the connection broke: allocation, signaling, WebRTC, 5xx."""
 
 
-class OdysseyQueueTimeoutError(OdysseyConnectionError):
+class OdysseyQueueTimeoutError(OdysseyConnectionError, TimeoutError):
     """Every streamer stayed busy (HTTP 503) for longer than ``queue_timeout``."""
+
+
+class SignalingHandshakeError(OdysseyConnectionError):
+    """The signaling WebSocket upgrade failed (network error or an HTTP status; see ``status``)."""
 
 
 class OdysseyRequestError(OdysseyError, ValueError):
     """The server refused a request the caller can fix (HTTP 4xx); see ``status``."""
 
 
-class OdysseyNotFoundError(OdysseyRequestError):
+class OdysseyNotFoundError(OdysseyRequestError, LookupError):
     """HTTP 404: the stream, recording, job or broadcast does not exist (for you)."""
 
 
-class OdysseyPermissionError(OdysseyRequestError):
+class OdysseyPermissionError(OdysseyRequestError, PermissionError):
     """HTTP 403: the object belongs to another account, or a privilege is missing."""
 
 
-class OdysseyStreamError(OdysseyError):
+class OdysseyStreamError(OdysseyError, RuntimeError):
     """A stream call failed: wrong connection state, or the streamer reported an error.
 
     Attributes:
@@ -133,7 +148,7 @@ class OdysseyTimeoutError(OdysseyError, TimeoutError):
     """A blocking call did not complete within its timeout."""
 
 
-class OdysseyUsageError(OdysseyError):
+class OdysseyUsageError(OdysseyError, PermissionError):
     """An account limit: HTTP 429 usage bodies and quota-type stream errors.
 
     Attributes:

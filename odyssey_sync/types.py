@@ -17,8 +17,10 @@ from typing import Any
 __all__ = [
     "BroadcastInfo",
     "ClientCredentials",
+    "ClientStats",
     "ConnectionStatus",
     "Recording",
+    "ResumeStats",
     "SimulationJobDetail",
     "SimulationJobInfo",
     "SimulationJobStatus",
@@ -400,4 +402,90 @@ class SimulationJobsList:
             total=_opt_int(d, "total") or len(items),
             limit=_opt_int(d, "limit") or len(items),
             offset=_opt_int(d, "offset") or 0,
+        )
+
+
+# ------------------------------------------------------------------- stats
+@dataclass(frozen=True)
+class ResumeStats:
+    """How a resumable session crossed stream and connection endings.
+
+    Attributes:
+        planned: make-before-break handovers (stream or connection limit ahead).
+        unplanned: recoveries after a lost connection, a failed peer or a stall.
+        fallbacks: planned handovers that had to end the old stream first
+            (no second session could be had: concurrent-stream limit, capacity).
+        failed: recoveries that gave up (the session then failed).
+        last_gap_ms: gap the consumer saw at the last resume (last frame of the
+            old stream → first frame of the new one), milliseconds.
+        max_gap_ms: the largest such gap so far.
+        last_reason: why the last resume happened (e.g. ``"stream limit"``).
+    """
+
+    planned: int = 0
+    unplanned: int = 0
+    fallbacks: int = 0
+    failed: int = 0
+    last_gap_ms: float = 0.0
+    max_gap_ms: float = 0.0
+    last_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """Frame-path counters (a snapshot) of a client's session or a spectator.
+
+    Attributes:
+        received: decoded frames that reached the ring.
+        delivered: frames handed to ``on_video_frame``.
+        dropped: frames the ring discarded because every slot was held by a
+            consumer (the network side never waits).
+        skipped: frames ``on_video_frame`` never saw because a newer one was
+            ready when the callback returned (latest-wins).
+        fps: receive rate over the last ~120 frames.
+        convert_us_p50/p99: YUV → RGB conversion time, microseconds.
+        delivery_us_p50/p99: frame decoded → ``on_video_frame`` starts, microseconds.
+        callback_errors: callback invocations that raised.
+        events_dropped: events discarded because the event queue was full.
+        resumes: what ``resume=True`` did (all zero without it; spectators: zero).
+    """
+
+    received: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    fps: float = 0.0
+    convert_us_p50: float = 0.0
+    convert_us_p99: float = 0.0
+    delivery_us_p50: float = 0.0
+    delivery_us_p99: float = 0.0
+    callback_errors: int = 0
+    events_dropped: int = 0
+    resumes: ResumeStats = field(default_factory=ResumeStats)
+
+    @classmethod
+    def collect(
+        cls, ring: Any, dispatcher: Any, *, fps: float, resumes: ResumeStats | None = None
+    ) -> ClientStats:
+        """A snapshot from a ``FrameRing`` and a ``Dispatcher`` (either may be ``None``)."""
+        received = dropped = 0
+        c50 = c99 = 0.0
+        if ring is not None:
+            r = ring.stats
+            received, dropped = r.written + r.dropped, r.dropped
+            c50, c99 = r.convert_us_p50, r.convert_us_p99
+        d = dispatcher.stats() if dispatcher is not None else None
+        return cls(
+            received=received,
+            delivered=d.delivered if d else 0,
+            dropped=dropped,
+            skipped=d.skipped if d else 0,
+            fps=fps,
+            convert_us_p50=c50,
+            convert_us_p99=c99,
+            delivery_us_p50=d.delivery_us_p50 if d else 0.0,
+            delivery_us_p99=d.delivery_us_p99 if d else 0.0,
+            callback_errors=d.callback_errors if d else 0,
+            events_dropped=d.events_dropped if d else 0,
+            resumes=resumes if resumes is not None else ResumeStats(),
         )

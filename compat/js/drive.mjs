@@ -82,7 +82,7 @@ function checkStamps(dataUrls) {
     "import base64, io, json, sys",
     "import numpy as np",
     "from PIL import Image",
-    "from odyssey_sync.local.stamp import decode_stamp_raw",
+    "from odyssey_sync.local.render.stamp import decode_stamp_raw",
     "out = []",
     "for url in json.load(sys.stdin):",
     "    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(',', 1)[1]))).convert('RGB'))",

@@ -1,7 +1,7 @@
 """What the HTTP half and the real-time half of the local server share.
 
-The HTTP API (``api.py``, ``store.py``, ``server.py``) builds one
-:class:`ServerContext` and hands it to :func:`odyssey_sync.local.signaling.setup_realtime`,
+The HTTP half (:mod:`.http`, ``store.py``, ``server.py``) builds one
+:class:`ServerContext` and hands it to :func:`odyssey_sync.local.realtime.signaling.setup_realtime`,
 which registers the signaling, streamer and WHEP routes on the same
 aiohttp application. The real-time half talks back only through the
 methods declared here.
@@ -9,18 +9,26 @@ methods declared here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
 from .faults import Faults
+from .limits import (
+    DEFAULT_CONNECTION_LIMIT,
+    DEFAULT_STALE_SESSION_TIMEOUT,
+    DEFAULT_STREAM_LIMIT,
+)
 
 __all__ = ["ServerConfig", "ServerContext", "StreamSink"]
 
 
 @dataclass
 class ServerConfig:
-    """Options of one local server (constructor kwargs of ``LocalOdyssey``)."""
+    """Options of one local server (constructor kwargs of ``LocalOdyssey``).
+
+    Its ``repr`` never shows the API key (``api_key='***'``).
+    """
 
     host: str = "127.0.0.1"
     port: int = 0  # 0 = pick a free port
@@ -33,8 +41,15 @@ class ServerConfig:
     codec: str = "vp8"
     #: streamer slots; when all are allocated /sessions/request answers 503
     capacity: int = 1
-    #: maximum stream duration in seconds (then session_timeout + stream_ended)
-    session_timeout: float = 300.0
+    #: seconds a stream may last: then ``interactive_stream_error`` with reason
+    #: ``session_timeout`` ("Stream ended: credit lease expired") and the server
+    #: closes the connection, as the service does (PROTOCOL §17)
+    stream_limit: float = DEFAULT_STREAM_LIMIT
+    #: seconds a signaling connection may last before the server closes it
+    connection_limit: float = DEFAULT_CONNECTION_LIMIT
+    #: seconds an allocation whose client vanished without ``client_disconnecting``
+    #: keeps its capacity slot
+    stale_session_timeout: float = DEFAULT_STALE_SESSION_TIMEOUT
     #: allocations one API key may hold at once (429 CONCURRENT_LIMIT_REACHED beyond)
     max_concurrent_per_key: int = 4
     #: streamed seconds one key may use in total (429 MONTHLY_LIMIT_REACHED beyond);
@@ -47,6 +62,16 @@ class ServerConfig:
     signed_url_ttl: int = 3600
     #: render recordings (MP4) when streams end; tests may turn it off for speed
     recordings: bool = True
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "api_key" and value is not None:
+                parts.append("api_key='***'")
+            else:
+                parts.append(f"{f.name}={value!r}")
+        return f"ServerConfig({', '.join(parts)})"
 
 
 class StreamSink(Protocol):
@@ -87,8 +112,13 @@ class StreamSink(Protocol):
     def stream_ended(self, stream_id: str, frame_count: int) -> None:
         """The stream ended after ``frame_count`` frames; its recording may be rendered."""
 
-    def session_closed(self, session_id: str) -> None:
-        """The client left (socket closed / client_disconnecting): free the allocation."""
+    def session_closed(self, session_id: str, *, vanished: bool = False) -> None:
+        """The signaling connection ended: free the allocation.
+
+        ``vanished``: the client went away without ``client_disconnecting``
+        (and the server did not close it): the allocation keeps its capacity
+        slot for ``stale_session_timeout`` seconds instead.
+        """
 
 
 @dataclass

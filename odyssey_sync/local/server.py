@@ -6,9 +6,9 @@
         client = Odyssey(api_key=server.api_key, api_url=server.url)
 
 The server runs one asyncio loop on a named background thread
-(``odyssey-local-server``) that serves the HTTP API (:mod:`.api`), the
-simulation jobs (:mod:`.simulations`) and, when installed, the real-time half
-(signaling, WebRTC streamer, WHEP; :mod:`.signaling`). State lives in SQLite
+(``odyssey-local-server``) that serves the HTTP half (:mod:`.http`: REST API,
+simulation jobs) and the real-time half (:mod:`.realtime`: signaling, WebRTC
+streamer, WHEP) on one port. State lives in SQLite
 under ``data_dir`` (:mod:`.store`), so stopping and starting a server on the
 same directory keeps keys, recordings and jobs. The loop's default executor
 (renders, encodes, image decodes) is the server's own pool of
@@ -25,6 +25,8 @@ import logging
 import os
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -33,21 +35,21 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import auth
-from .api import LocalBackend, build_app
 from .context import ServerConfig, ServerContext
+from .datadir import DB_NAME, DataDirLock, default_data_dir, stored_or_new_key
 from .faults import Faults
-from .signaling import REALTIME_KEY, RealtimeHub
+from .http.app import build_app
+from .http.backend import LocalBackend
+from .limits import check_frame_size, check_seconds
+from .realtime.signaling import REALTIME_KEY, RealtimeHub
 from .store import Row, Store
 
-__all__ = ["LocalOdyssey", "default_data_dir"]
+__all__ = ["LocalOdyssey"]
 
 log = logging.getLogger("odyssey_sync.local")
 
 T = TypeVar("T")
 
-_DB_NAME = "odyssey-local.sqlite3"
-_KEY_FILE = "api_key"
-_LOCK_FILE = "server.lock"
 #: threads of the loop's default executor (renders, encodes, image decodes,
 #: getaddrinfo): the size asyncio would pick by default.
 _EXECUTOR_WORKERS = min(32, (os.cpu_count() or 1) + 4)
@@ -75,13 +77,6 @@ def _prestarted_executor(workers: int, name: str) -> concurrent.futures.ThreadPo
     return pool
 
 
-def default_data_dir() -> Path:
-    """``platformdirs.user_cache_dir("odyssey-sync") / "local"``."""
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("odyssey-sync")) / "local"
-
-
 def _check_config(config: ServerConfig) -> None:
     """Reject bad options in the caller's thread, before anything starts."""
     if not isinstance(config.host, str) or not config.host:
@@ -94,12 +89,7 @@ def _check_config(config: ServerConfig) -> None:
     if isinstance(config.fps, bool) or not isinstance(config.fps, (int, float)) \
             or not 0 < config.fps <= 240:
         raise ValueError("fps must be a number in (0, 240]")
-    size = config.size
-    if (not isinstance(size, tuple) or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
-        raise TypeError("size must be a (width, height) tuple of ints")
-    if not all(16 <= v <= 4096 and v % 2 == 0 for v in size):
-        raise ValueError("size values must be even and within 16..4096")
+    check_frame_size(config.size)
     if config.codec not in ("vp8", "h264", "any"):
         raise ValueError("codec must be 'vp8', 'h264' or 'any'")
     for name in ("capacity", "max_concurrent_per_key", "auth_token_ttl", "session_token_ttl",
@@ -107,8 +97,8 @@ def _check_config(config: ServerConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1")
-    if not isinstance(config.session_timeout, (int, float)) or config.session_timeout <= 0:
-        raise ValueError("session_timeout must be a number > 0")
+    for name in ("stream_limit", "connection_limit", "stale_session_timeout"):
+        check_seconds(getattr(config, name), name)
     if config.quota_seconds is not None and (
             not isinstance(config.quota_seconds, (int, float)) or config.quota_seconds < 0):
         raise ValueError("quota_seconds must be a number >= 0 or None")
@@ -132,8 +122,18 @@ class LocalOdyssey:
             ``dispatched`` (so clients can observe and cancel those states).
         **options: fields of :class:`ServerConfig` (``host``, ``port``,
             ``api_key``, ``data_dir``, ``fps``, ``size``, ``codec``,
-            ``capacity``, ``session_timeout``, ...). Unknown names raise
-            ``TypeError``; bad values ``ValueError``.
+            ``capacity``, ``stream_limit``, ``connection_limit``,
+            ``stale_session_timeout``, ...). Unknown names raise ``TypeError``;
+            bad values ``ValueError`` naming the allowed range (``size`` below
+            160×96, for one). ``session_timeout`` is the deprecated name of
+            ``stream_limit`` (a ``DeprecationWarning``).
+
+    Service limits (PROTOCOL §17), with the service's defaults:
+    ``stream_limit=150.0`` seconds per stream (then ``interactive_stream_error``
+    with reason ``session_timeout``, "Stream ended: credit lease expired", and
+    the server closes the connection), ``connection_limit=3600.0`` seconds per
+    connection, and ``stale_session_timeout=30.0``: how long a session whose
+    client vanished without ``client_disconnecting`` keeps its capacity slot.
     """
 
     def __init__(self, *, faults: Faults | None = None, extra_api_keys: Iterable[str] = (),
@@ -143,6 +143,11 @@ class LocalOdyssey:
             options["data_dir"] = Path(options["data_dir"])
         if "size" in options and isinstance(options["size"], list):
             options["size"] = tuple(options["size"])
+        if "session_timeout" in options:
+            warnings.warn("LocalOdyssey(session_timeout=...) is deprecated; use stream_limit=",
+                          DeprecationWarning, stacklevel=2)
+            legacy = options.pop("session_timeout")
+            options.setdefault("stream_limit", legacy)
         self._config = ServerConfig(**options)
         _check_config(self._config)
         if faults is not None and not isinstance(faults, Faults):
@@ -166,7 +171,7 @@ class LocalOdyssey:
         self._backend: LocalBackend | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = False
-        self._lock_fd: int | None = None
+        self._dir_lock = DataDirLock(self._data_dir)
         self._sole_user = True
 
     def __repr__(self) -> str:  # no API key here, ever
@@ -201,6 +206,19 @@ class LocalOdyssey:
         return self._data_dir
 
     @property
+    def sessions_in_use(self) -> int:
+        """Capacity slots held right now: live sessions, sessions waiting for their
+        signaling socket, and stale ones (client vanished, within
+        ``stale_session_timeout``). Non-blocking, any thread; 0 before :meth:`start`."""
+        return self._backend.sessions_in_use if self._backend is not None else 0
+
+    @property
+    def free_capacity(self) -> int:
+        """``capacity - sessions_in_use``: sessions a client could be given now.
+        Non-blocking, any thread."""
+        return self._config.capacity - self.sessions_in_use
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopped
 
@@ -233,7 +251,7 @@ class LocalOdyssey:
 
         Returns ``self``. Raises the start-up error in this thread (``OSError``
         when the port is taken, ``sqlite3.Error`` for an unusable data
-        directory), :class:`~odyssey_sync.errors.OdysseyTimeoutError` when not
+        directory), ``TimeoutError`` when not
         ready in time, ``RuntimeError`` when started twice.
         """
         with self._lock:
@@ -250,56 +268,28 @@ class LocalOdyssey:
             ready.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             self.stop()
-            from ..errors import OdysseyTimeoutError
-
-            raise OdysseyTimeoutError(f"local server not ready after {timeout:g} s") from None
+            raise TimeoutError(f"local server not ready after {timeout:g} s") from None
         except BaseException:
             self._thread.join(timeout=10.0)
             self._close_store()
             self._stopped = True
             raise
+        _stop_at_exit(self)
         log.info("local Odyssey server listening on %s (data: %s)", self._url, self._data_dir)
         return self
-
-    def _lock_data_dir(self) -> bool:
-        """Hold a shared lock on the data directory; True if no other server uses it.
-
-        Several servers (e.g. parallel test processes using the default
-        directory) may share one data directory. Restart recovery (closing
-        allocations, failing interrupted jobs) must only run when no other
-        live server is using it, or it would clobber that server's work: try
-        an exclusive lock first, then keep a shared one for our lifetime.
-        """
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no cross-process guard
-            return True
-        fd = os.open(self._data_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            alone = True
-        except OSError:
-            alone = False
-        fcntl.flock(fd, fcntl.LOCK_SH)  # converts (or waits for the shared grant)
-        self._lock_fd = fd
-        return alone
-
-    def _unlock_data_dir(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
 
     def _prepare_state(self) -> None:
         """Open the store and register keys (caller's thread, before the loop starts)."""
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        self._sole_user = self._lock_data_dir()
+        self._sole_user = self._dir_lock.acquire()
         try:
-            store = Store(self._data_dir / _DB_NAME)
+            store = Store(self._data_dir / DB_NAME)
         except BaseException:
-            self._unlock_data_dir()
+            self._dir_lock.release()
             raise
         try:
-            key = self._config.api_key or self._stored_or_new_key()
+            key = self._config.api_key or stored_or_new_key(self._data_dir,
+                                                            auth.generate_api_key())
             primary_hash = auth.hash_api_key(key)
             store.add_key(primary_hash, auth.key_id_for(primary_hash), "primary")
             for extra in self._extra_keys:
@@ -312,22 +302,9 @@ class LocalOdyssey:
                 allocation_timeout=self._allocation_timeout, job_delay=self._job_delay)
         except BaseException:
             store.close()
-            self._unlock_data_dir()
+            self._dir_lock.release()
             raise
         self._store = store
-
-    def _stored_or_new_key(self) -> str:
-        path = self._data_dir / _KEY_FILE
-        if path.is_file():
-            key = path.read_text(encoding="utf-8").strip()
-            if key:
-                return key
-        key = auth.generate_api_key()
-        # Written owner-only: it is a credential, even if only a local one.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(key + "\n")
-        return key
 
     def _thread_main(self, ready: concurrent.futures.Future[None]) -> None:
         loop = asyncio.new_event_loop()
@@ -367,6 +344,7 @@ class LocalOdyssey:
         else:
             log.warning("data directory %s is in use by another server: skipping restart "
                         "recovery", self._data_dir)
+        backend.start_housekeeping()
         app = build_app(backend)
         # shutdown_timeout bounds how long stop() waits for requests in flight
         # (a long download, a client that never reads) before closing them.
@@ -441,7 +419,7 @@ class LocalOdyssey:
     def _close_store(self) -> None:
         if self._store is not None:
             self._store.close()
-        self._unlock_data_dir()
+        self._dir_lock.release()
 
     def __enter__(self) -> LocalOdyssey:
         if self._thread is None:
@@ -460,7 +438,7 @@ class LocalOdyssey:
         Blocking (≤ ``timeout`` s). Use it to drive the :class:`StreamSink` the way
         the real-time half does (``server.call(server.context.sink.stream_ended, ...)``).
         Raises ``RuntimeError`` if called from the loop thread itself or when not
-        running, :class:`~odyssey_sync.errors.OdysseyTimeoutError` on timeout, and
+        running, ``TimeoutError`` on timeout, and
         whatever ``fn`` raises.
         """
         loop = self._loop
@@ -477,17 +455,41 @@ class LocalOdyssey:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            from ..errors import OdysseyTimeoutError
-
-            raise OdysseyTimeoutError(f"server call timed out after {timeout:g} s") from None
+            raise TimeoutError(f"server call timed out after {timeout:g} s") from None
 
     def wait_for_recording(self, stream_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """Block until the recording of ``stream_id`` is rendered (or failed/disabled).
 
         Returns the stream's stored row (``render_state``, ``frame_count``,
         ``duration_seconds``, ``width``, ``height``, ...). Raises
-        :class:`~odyssey_sync.errors.OdysseyTimeoutError` after ``timeout``
+        ``TimeoutError`` after ``timeout``
         seconds (also for an unknown stream id).
         """
         row: Row = self._require_backend().wait_for_recording(stream_id, timeout)
         return dict(row)
+
+
+def _stop_at_exit(server: LocalOdyssey) -> None:
+    """Stop ``server`` when the interpreter exits without :meth:`LocalOdyssey.stop`.
+
+    Registered with ``threading``'s exit hooks, which run before those of
+    ``concurrent.futures`` (they run in reverse order of registration, and
+    that module registers at import): so a recording still rendering, or
+    about to, finishes and is recorded instead of dying with "cannot
+    schedule new futures after shutdown". ``stop()`` is bounded, so a
+    forgotten server never hangs exit. Holds only a weak reference.
+    """
+    ref = weakref.ref(server)
+
+    def hook() -> None:
+        alive = ref()
+        if alive is not None and alive.running:
+            alive.stop()
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - CPython < 3.9
+        import atexit
+
+        atexit.register(hook)
+    else:
+        register(hook)

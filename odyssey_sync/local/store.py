@@ -228,6 +228,10 @@ class Store:
         marks = ", ".join("?" for _ in wanted)
         return self._all(f"SELECT * FROM streams WHERE render_state IN ({marks})", wanted)
 
+    def open_streams(self) -> list[Row]:
+        """Streams without an end time (live, or cut off by a crash)."""
+        return self._all("SELECT * FROM streams WHERE ended_ts IS NULL")
+
     def recent_streams(self, limit: int) -> list[Row]:
         return self._all("SELECT * FROM streams ORDER BY started_ts DESC LIMIT ?", (limit,))
 

@@ -37,8 +37,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from odyssey_sync.local.context import ServerConfig, ServerContext
-from odyssey_sync.local.signaling import RealtimeHub, setup_realtime
-from odyssey_sync.local.stamp import FrameStamp, decode_stamp
+from odyssey_sync.local.realtime.signaling import RealtimeHub, setup_realtime
+from odyssey_sync.local.render.stamp import FrameStamp, decode_stamp
 
 
 @dataclass
@@ -48,6 +48,8 @@ class StubSink:
     #: session id → the one token accepted for it
     sessions: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    #: session id → the ``vanished`` flag of its session_closed call
+    vanished: dict[str, bool] = field(default_factory=dict)
 
     def session_owner(self, session_id: str) -> str | None:
         return "key-1" if session_id in self.sessions else None
@@ -64,8 +66,9 @@ class StubSink:
     def stream_ended(self, stream_id: str, frame_count: int) -> None:
         self.calls.append(("stream_ended", (stream_id, frame_count)))
 
-    def session_closed(self, session_id: str) -> None:
+    def session_closed(self, session_id: str, *, vanished: bool = False) -> None:
         self.calls.append(("session_closed", session_id))
+        self.vanished[session_id] = vanished
         self.sessions.pop(session_id, None)
 
     def names(self) -> list[str]:

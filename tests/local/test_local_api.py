@@ -10,21 +10,12 @@ from typing import Any
 import jwt
 import pytest
 import requests
-from local_helpers import OTHER_KEY, Api, local_server
 
-pytestmark = pytest.mark.timeout(60)
+from tests.local.helpers import OTHER_KEY, Api, local_server
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    with local_server(tmp_path, capacity=2) as srv:
-        yield srv
+pytestmark = [pytest.mark.timeout(60), pytest.mark.server_options(capacity=2)]
 
 
-@pytest.fixture
-def api(server: Any) -> Any:
-    with Api(server) as client:
-        yield client
 
 
 def raw(server: Any, request: bytes) -> bytes:
@@ -169,7 +160,8 @@ def test_sessions_request_accepts_empty_body(api: Any) -> None:
 def test_sessions_request_wrong_types(api: Any, payload: Any) -> None:
     r = api.post("/sessions/request", json=payload)
     assert r.status_code == 422
-    assert isinstance(r.json()["detail"], list)
+    detail = r.json()["detail"]
+    assert detail and detail[0]["loc"][0] == "body", detail
 
 
 def test_queue_fault_then_allocation(api: Any, server: Any) -> None:
@@ -194,6 +186,7 @@ def test_unconnected_allocations_expire(api: Any, server: Any) -> None:
     assert api.post("/sessions/request", json={}).status_code == 503
 
     def age_all() -> None:  # pretend the allocation timeout has passed
+        assert len(server.backend.allocations) == 2
         for alloc in server.backend.allocations.values():
             alloc.created -= server.backend.allocation_timeout + 1
 

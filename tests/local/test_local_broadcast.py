@@ -1,6 +1,6 @@
 """Broadcast streams and WHEP spectators of the local server (PROTOCOL.md §8).
 
-The producer is the independent peer of tests/rtc_peer.py; the spectator is a
+The producer is the independent peer of tests/local/rtc_peer.py; the spectator is a
 plain aiortc WHEP client written here (offerer, recvonly video + audio,
 non-trickle), as the official Python client's ``connect_to_stream`` does.
 """
@@ -19,9 +19,15 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from rtc_peer import RealtimeServer, TestPeer, drain_video, realtime_server, stream_frames
 
-from odyssey_sync.local.stamp import FrameStamp
+from odyssey_sync.local.render.stamp import FrameStamp
+from tests.local.rtc_peer import (
+    RealtimeServer,
+    TestPeer,
+    drain_video,
+    realtime_server,
+    stream_frames,
+)
 
 Scenario = Callable[[RealtimeServer], Awaitable[None]]
 
@@ -269,10 +275,10 @@ def test_closing_the_producer_drops_spectators() -> None:
 
 def test_slow_spectator_resynchronises_on_a_key_frame() -> None:
     import av
-    from rtc_peer import StubSink
 
     from odyssey_sync.local.context import ServerConfig, ServerContext
-    from odyssey_sync.local.streamer import _SPECTATOR_BACKLOG, WorldTrack
+    from odyssey_sync.local.realtime.tracks import SPECTATOR_BACKLOG, WorldTrack
+    from tests.local.rtc_peer import StubSink
 
     def packet(key: bool) -> av.Packet[Any]:
         p: av.Packet[Any] = av.Packet(b"\x00" * 8)
@@ -286,7 +292,7 @@ def test_slow_spectator_resynchronises_on_a_key_frame() -> None:
         source.encoder._keyframe.clear()
         spectator.push(packet(False))  # no reference yet: skipped
         spectator.push(packet(True))
-        for _ in range(_SPECTATOR_BACKLOG - 1):
+        for _ in range(SPECTATOR_BACKLOG - 1):
             spectator.push(packet(False))
         assert (await spectator.recv()).is_keyframe
         spectator.push(packet(False))
@@ -295,7 +301,7 @@ def test_slow_spectator_resynchronises_on_a_key_frame() -> None:
         spectator.push(packet(False))  # still waiting for the key frame
         spectator.push(packet(True))
         assert (await spectator.recv()).is_keyframe
-        assert spectator.skipped == 1 + (_SPECTATOR_BACKLOG + 1) + 1
+        assert spectator.skipped == 1 + (SPECTATOR_BACKLOG + 1) + 1
         source.stop()  # the producer ends: the viewer's track ends too
         with pytest.raises(MediaStreamError):
             await spectator.recv()

@@ -1,6 +1,6 @@
 """The local server's signaling WebSocket and WebRTC streamer, against an independent peer.
 
-Every test serves the real-time half on 127.0.0.1 (tests/rtc_peer.py) at
+Every test serves the real-time half on 127.0.0.1 (tests/local/rtc_peer.py) at
 320×176 and drives it with a plain aiortc answerer, as the official Python
 client would. No timing assertions: counts, orders and contents only.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import pytest
 from PIL import Image
-from rtc_peer import RealtimeServer, TestPeer, realtime_server, stream_frames
 
-from odyssey_sync.local.streamer import codec_preferences, negotiated_video_codec
+from odyssey_sync.local.realtime.encoder import codec_preferences, negotiated_video_codec
+from tests.local.rtc_peer import RealtimeServer, TestPeer, realtime_server, stream_frames
 
 Scenario = Callable[[RealtimeServer], Awaitable[None]]
 
@@ -143,7 +143,7 @@ def test_offer_has_video_and_channels_but_no_audio() -> None:
 
 def test_rapid_updates_are_acknowledged_and_applied_in_arrival_order() -> None:
     """Scenes are prepared off the loop; order and the reported frames stay exact."""
-    from odyssey_sync.local.world import applied_prompt
+    from odyssey_sync.local.render.world import applied_prompt
 
     prompts = [f"scene {i}" for i in range(5)]
 
@@ -318,24 +318,34 @@ def test_bypass_requires_privilege() -> None:
     run(scenario, bypass_privileged=False)
 
 
-def test_session_timeout_ends_the_stream() -> None:
+def test_stream_limit_ends_the_stream_then_the_connection() -> None:
+    """PROTOCOL §17: at the stream limit the service's error, then the server closes
+    the connection (signaling socket and peer) and frees the slot at once."""
     async def scenario(server: RealtimeServer) -> None:
         peer = await connected(server)
         try:
             await peer.send({"type": "interactive_stream_start", "prompt": "x"})
             started = await peer.expect("stream_started")
             err = await peer.expect("interactive_stream_error", timeout=5)
-            assert err["reason"] == "session_timeout"
-            await peer.expect("stream_ended")
-            assert ("stream_ended" in server.sink.names())
-            assert server.sink.calls[-1][1][0] == started["stream_id"]
-            # the connection survives: a new stream can start
-            await peer.send({"type": "interactive_stream_start", "prompt": "y"})
-            await peer.expect("stream_started")
+            assert err == {"type": "interactive_stream_error", "reason": "session_timeout",
+                           "message": "Stream ended: credit lease expired"}
+            closed = await peer.expect_signal(timeout=5)
+            assert closed == {"type": "_closed", "code": 1000}
+            deadline = time.monotonic() + 5
+            while "session_closed" not in server.sink.names():  # the handler's cleanup
+                assert time.monotonic() < deadline, server.sink.names()
+                await asyncio.sleep(0.02)
+            names = server.sink.names()
+            assert names[-2:] == ["stream_ended", "session_closed"], names
+            assert server.sink.calls[-2][1][0] == started["stream_id"]
+            assert server.sink.vanished == {"sess-1": False}  # the server closed it
+            while peer.pc is not None and peer.pc.connectionState not in ("closed", "failed"):
+                assert time.monotonic() < deadline, peer.pc.connectionState
+                await asyncio.sleep(0.05)
         finally:
             await peer.close()
 
-    run(scenario, session_timeout=0.5)
+    run(scenario, stream_limit=0.5)
 
 
 def test_large_start_message_over_websocket() -> None:
@@ -713,8 +723,8 @@ def _seqs(packets: list[bytes]) -> list[int]:
 def test_rtp_fault_seam_patterns_are_deterministic(
     faults: dict[str, int], expected: list[int]
 ) -> None:
-    from odyssey_sync.local._rt_rtp import RtpFaultSeam
     from odyssey_sync.local.faults import Faults
+    from odyssey_sync.local.realtime.rtp import RtpFaultSeam
 
     async def main() -> list[int]:
         sender = _FakeSender()
@@ -740,7 +750,7 @@ def test_rtp_fault_seam_patterns_are_deterministic(
 def test_route_feedback_drops_remb_and_turns_pli_into_keyframe_requests() -> None:
     from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 
-    from odyssey_sync.local._rt_rtp import route_feedback
+    from odyssey_sync.local.realtime.rtp import route_feedback
 
     requests: list[int] = []
 
@@ -834,7 +844,7 @@ def test_server_stop_with_a_connected_client_closes_everything(tmp_path: Any) ->
 def test_streamer_failure_is_reported_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from odyssey_sync.local import streamer as streamer_mod
+    from odyssey_sync.local.realtime import session as streamer_mod
 
     async def broken(self: Any) -> str:
         raise RuntimeError("secret internal detail")
@@ -860,7 +870,7 @@ def test_slow_candidate_does_not_hold_up_signaling(monkeypatch: pytest.MonkeyPat
     """A candidate whose resolution never finishes (a browser's mDNS name) must not
     delay later signaling messages: an image start over the WebSocket still gets
     its stream_started, and closing cancels the pending candidate."""
-    from odyssey_sync.local import streamer as streamer_module
+    from odyssey_sync.local.realtime import session as streamer_module
 
     never = asyncio.Event()
     pending: list[dict[str, Any]] = []

@@ -15,32 +15,20 @@ from typing import Any
 
 import pytest
 import requests
-from local_helpers import (
+
+from odyssey_sync.local import LocalOdyssey, auth
+from tests.local.helpers import (
     OTHER_KEY,
     Api,
     decode_stamps,
     decode_video,
-    has_renderer,
     local_server,
     play_stream,
 )
 
-from odyssey_sync.errors import OdysseyTimeoutError
-from odyssey_sync.local import LocalOdyssey, auth
-
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.server_options(capacity=3)]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    with local_server(tmp_path, capacity=3) as srv:
-        yield srv
-
-
-@pytest.fixture
-def api(server: Any) -> Any:
-    with Api(server) as client:
-        yield client
 
 
 # -- recordings -------------------------------------------------------------------
@@ -48,13 +36,11 @@ def api(server: Any) -> Any:
 
 def test_recording_stamps_start_at_the_live_stamp_origin(server: Any, api: Any) -> None:
     """The live frame-0 send time reaches the recording: sent_at = origin + i / fps."""
-    if not has_renderer():
-        pytest.skip("needs the world renderer")
     import io
 
     import av
 
-    from odyssey_sync.local.stamp import decode_stamp_raw
+    from odyssey_sync.local.render.stamp import decode_stamp_raw
 
     session_id = api.allocate()
     sink = server.context.sink
@@ -97,17 +83,15 @@ def test_recording_lifecycle_and_download(server: Any, api: Any) -> None:
     assert video.headers["Content-Type"] == "video/mp4"
     count, width, height = decode_video(video.content)
     assert (count, width, height) == (12, *server.config.size)
-    if has_renderer():
-        assert decode_stamps(video.content) == list(range(12))
-        assert rec["thumbnail_url"] is not None and rec["preview_url"] is not None
+    assert decode_stamps(video.content) == list(range(12))
+    assert rec["thumbnail_url"] is not None and rec["preview_url"] is not None
 
     events = requests.get(rec["events_url"], timeout=10).json()
     assert [(e["type"], e["frame"]) for e in events["events"]] == [
         ("start", 0), ("interact", 5), ("end", 12)]
     assert events["events"][1]["prompt"] == "the ball bounces"
     for key in ("thumbnail_url", "preview_url"):
-        if rec[key] is not None:
-            assert requests.get(rec[key], timeout=10).status_code == 200
+        assert requests.get(rec[key], timeout=10).status_code == 200
 
 
 def test_recording_of_stream_with_input_image(server: Any, api: Any) -> None:
@@ -203,7 +187,7 @@ def test_stream_recordings_pagination(tmp_path: Path) -> None:
 
 
 def test_wait_for_recording_times_out_for_unknown(server: Any) -> None:
-    with pytest.raises(OdysseyTimeoutError):
+    with pytest.raises(TimeoutError):
         server.wait_for_recording("ghost", timeout=0.05)
 
 
@@ -352,8 +336,7 @@ def test_real_stream_is_recorded(tmp_path: Path) -> None:
     """A WebRTC stream through the real-time half ends up as a rendered recording."""
     import asyncio
 
-    pytest.importorskip("odyssey_sync.local.signaling")
-    from rtc_peer import TestPeer
+    from tests.local.rtc_peer import TestPeer
 
     with local_server(tmp_path, fps=15.0) as server, Api(server) as api:
         session_id = api.allocate()
@@ -387,8 +370,7 @@ def test_real_stream_is_recorded(tmp_path: Path) -> None:
         video = requests.get(rec["video_url"], timeout=20).content
         count, width, height = decode_video(video)
         assert (count, width, height) == (rec["frame_count"], *server.config.size)
-        if has_renderer():
-            assert decode_stamps(video) == list(range(count))
+        assert decode_stamps(video) == list(range(count))
         events = requests.get(rec["events_url"], timeout=10).json()["events"]
         assert [e["type"] for e in events] == ["start", "interact", "end"]
         assert 0 < events[1]["frame"] <= count
@@ -412,29 +394,6 @@ def test_shared_data_dir_skips_recovery_while_another_server_runs(tmp_path: Path
             # the second server must not fail the first one's job as "interrupted"
             assert api2.get(f"/simulation-jobs/{job_id}").json()["status"] == "pending"
         assert api.get(f"/simulation-jobs/{job_id}").json()["status"] == "pending"
-
-
-def test_plain_renderer_when_world_renderer_is_missing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from odyssey_sync.local import api as api_module
-
-    monkeypatch.setattr(api_module, "_media_module", lambda: None)
-    with local_server(tmp_path) as server, Api(server) as api:
-        play_stream(server, api.allocate(), "plain", frames=5)
-        assert server.wait_for_recording("plain", timeout=60)["render_state"] == "ready"
-        rec = api.get("/recordings/plain").json()
-        assert rec["thumbnail_url"] is None and rec["preview_url"] is None
-        video = requests.get(rec["video_url"], timeout=20).content
-        assert decode_video(video) == (5, *server.config.size)
-        job = api.post("/simulation-jobs", json={"script": [
-            {"timestamp_ms": 0, "start": {"prompt": "x"}}, {"timestamp_ms": 400, "end": {}}]})
-        job_id = job.json()["job_id"]
-        deadline = time.monotonic() + 60
-        while (detail := api.get(f"/simulation-jobs/{job_id}").json())["status"] != "completed":
-            assert detail["status"] not in ("failed", "cancelled"), detail
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        assert detail["streams"][0]["frame_count"] == 4
 
 
 def test_serve_does_not_echo_a_given_key(tmp_path: Path) -> None:

@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from odyssey_sync.local.media import RenderedMedia, decode_image, render_recording, render_script
-from odyssey_sync.local.stamp import decode_stamp, stamp_region
-from odyssey_sync.local.world import World
+from odyssey_sync.local.render.media import (
+    RenderedMedia,
+    decode_image,
+    render_recording,
+    render_script,
+)
+from odyssey_sync.local.render.stamp import decode_stamp, stamp_region
+from odyssey_sync.local.render.world import World
 
 W, H, FPS = 320, 176, 30.0
 

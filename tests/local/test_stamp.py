@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from av.video.codeccontext import VideoCodecContext
 
-from odyssey_sync.local.stamp import (
+from odyssey_sync.local.render.stamp import (
     FRAME_BITS,
     TIME_BITS,
     FrameStamp,
@@ -20,7 +20,7 @@ from odyssey_sync.local.stamp import (
     stamp_region,
     stamp_yuv420,
 )
-from odyssey_sync.local.world import World
+from odyssey_sync.local.render.world import World
 
 SIZES = [(160, 96), (176, 320), (320, 176), (240, 136), (640, 352), (1280, 704), (704, 1280)]
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from odyssey_sync.local.stamp import FrameStamp, decode_stamp, stamp_region
-from odyssey_sync.local.world import World, applied_prompt
+from odyssey_sync.local.render.stamp import FrameStamp, decode_stamp, stamp_region
+from odyssey_sync.local.render.world import World, applied_prompt
 
 W, H = 320, 176
 

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from odyssey_sync._api import Allocation, ApiClient
+from odyssey_sync._allocation import Allocation
 from odyssey_sync._deadline import Deadline
+from odyssey_sync._rest import ApiClient
 from odyssey_sync.errors import (
     MonthlyLimitReachedError,
     OdysseyAuthError,
@@ -64,7 +65,7 @@ def api(server: LocalOdyssey) -> Iterator[ApiClient]:
 def _paths(client: ApiClient) -> list[str]:
     """Record the path of every response the client receives (a requests hook)."""
     seen: list[str] = []
-    client._session.hooks["response"].append(
+    client.http.add_response_hook(
         lambda r, *a, **k: seen.append(f"{r.request.method} {r.request.path_url.split('?')[0]}")
     )
     return seen
@@ -253,7 +254,7 @@ def test_close_interrupts_queue(api: ApiClient, server: LocalOdyssey) -> None:
     errors: list[BaseException] = []
     seen = _paths(api)
     polled = threading.Event()
-    api._session.hooks["response"].append(
+    api.http.add_response_hook(
         lambda r, *a, **k: polled.set() if r.status_code == 503 else None)
 
     def run() -> None:
@@ -679,10 +680,13 @@ def test_expired_deadline_sends_nothing(fake: FakeServer) -> None:
     assert len(fake.hits) == hits
 
 
-def test_connection_refused() -> None:
+def test_unreachable_server_is_a_connection_error_naming_the_url() -> None:
+    # issue 10 item 10: it used to read "authentication failed: Connection refused"
     with ApiClient("http://127.0.0.1:9", "k", timeout=2) as client, \
-            pytest.raises(OdysseyConnectionError, match="authentication failed") as info:
+            pytest.raises(OdysseyConnectionError, match=r"cannot reach http://127\.0\.0\.1:9") as info:
         client.access_token()
+    assert not isinstance(info.value, OdysseyAuthError)
+    assert "authentication failed" not in str(info.value)
     assert isinstance(info.value.__cause__, requests.ConnectionError)
 
 
@@ -778,7 +782,7 @@ def test_download_sends_no_bearer(fake: FakeServer, tmp_path: Path) -> None:
     fake.routes["GET /v.mp4"] = reply
     with ApiClient(fake.url, "k") as client:
         client.access_token()
-        client._session.hooks["response"].append(
+        client.http.add_response_hook(
             lambda r, *a, **k: seen_headers.append(r.request.headers.get("Authorization")))
         client.download(f"{fake.url}/v.mp4", tmp_path / "v.mp4", progress=False)
     assert seen_headers == [None]

@@ -14,7 +14,7 @@ import pytest
 
 from odyssey_sync.client import Odyssey
 from odyssey_sync.local import LocalOdyssey
-from odyssey_sync.local.stamp import decode_stamp
+from odyssey_sync.local.render.stamp import decode_stamp
 from tests.support import assert_in_order
 
 pytestmark = pytest.mark.e2e
@@ -152,7 +152,7 @@ def test_slow_frame_callback_keeps_the_stream_flowing(server: LocalOdyssey) -> N
         assert stats.skipped > 0
         assert stats.callback_errors == 0
         # a held ring: never more slots than configured in use
-        ring = client._conn.ring if client._conn else None
+        ring = client._session.ring if client._session else None
         assert ring is not None and ring.stats.held <= client.config.ring_size
         # interactions are not delayed by the slow callback
         assert client.interact("still responsive", timeout=5)

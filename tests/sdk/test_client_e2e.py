@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from odyssey_sync._api import ApiClient
 from odyssey_sync._deadline import Deadline
+from odyssey_sync._rest import ApiClient
 from odyssey_sync.client import Odyssey
 from odyssey_sync.errors import OdysseyConnectionError, OdysseyStreamError, OdysseyTimeoutError
 from odyssey_sync.local import LocalOdyssey
-from odyssey_sync.local.stamp import decode_stamp
+from odyssey_sync.local.render.stamp import decode_stamp
 from odyssey_sync.types import ClientCredentials, ConnectionStatus
 from tests.support import assert_in_order, warm_up
 
@@ -329,7 +329,7 @@ def test_broadcast_ready_callback(client: Odyssey) -> None:
 def test_low_latency_switch(server: LocalOdyssey, low_latency: bool) -> None:
     with Odyssey(server.api_key, api_url=server.url, low_latency=low_latency) as c:
         c.connect()
-        conn = c._conn
+        conn = c._session.conn
         assert conn is not None and conn.peer is not None
         assert conn.peer.low_latency_active is low_latency
         c.start_stream("latency", portrait=False)
@@ -374,7 +374,7 @@ def test_start_routing_by_size(client: Odyssey, via_socket: bool) -> None:
     # JSON escapes each emoji as a 12-byte surrogate pair: 2 000 of them > 16 KiB.
     prompt = "🙂" * 2_000 if via_socket else "short"
     client.connect()
-    conn = client._conn
+    conn = client._session.conn
     assert conn is not None and conn.signaling is not None and conn.peer is not None
     assert conn.peer.max_message_size == 262144  # read from the offer's SDP
     conn.peer.max_message_size = 16 * 1024

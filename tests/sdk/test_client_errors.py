@@ -330,14 +330,15 @@ def test_readiness_timeout_tears_everything_down(server: LocalOdyssey) -> None:
         creds = ClientCredentials(url, token, 600)
         seen = Seen()
         with Odyssey(api_url=server.url) as c:
-            with pytest.raises(OdysseyConnectionError, match="offer"):
+            # a readiness expiry is a timeout, like every other expiry
+            with pytest.raises(OdysseyTimeoutError, match="offer"):
                 c.connect_with_credentials(creds, timeout=1.0, **seen.callbacks())
             assert c.current_status is ConnectionStatus.FAILED
             assert seen.statuses[-1] is ConnectionStatus.FAILED
             names = [t.name for t in threading.enumerate()]
             assert not [n for n in names if n.startswith(("odyssey-loop", "odyssey-signaling"))]
             # connect again is possible (not stuck in "connecting")
-            with pytest.raises(OdysseyConnectionError):
+            with pytest.raises(OdysseyTimeoutError):
                 c.connect_with_credentials(creds, timeout=0.5)
     finally:
         lt.submit(runner.cleanup(), 10)
@@ -381,9 +382,9 @@ def test_normal_server_close_is_noticed(client: Odyssey) -> None:
     """
     seen = Seen()
     client.connect(**seen.callbacks())
-    conn = client._conn
+    conn = client._session.conn
     assert conn is not None and conn.loop is not None
-    conn.loop.call_soon(client._on_signal_close, conn, conn.attempt, 1000, "bye", False)
+    conn.loop.call_soon(conn._on_signal_close, conn._attempt, 1000, "bye", False)
     assert seen.disconnected.wait(10)
     assert client.current_status is ConnectionStatus.DISCONNECTED
     assert not [e for e, fatal in seen.errors if fatal]
@@ -415,7 +416,7 @@ def test_peer_connection_failure_is_fatal(client: Odyssey) -> None:
     seen = Seen()
     client.connect(**seen.callbacks())
     client.start_stream("about to break")
-    conn = client._conn
+    conn = client._session.conn
     assert conn is not None and conn.loop is not None and conn.peer is not None
     pc = conn.peer._pc  # simulate ICE/DTLS death: close the transport under the peer
 

@@ -17,7 +17,7 @@ import pytest
 
 from odyssey_sync.client import Odyssey
 from odyssey_sync.local import LocalOdyssey
-from odyssey_sync.local.stamp import decode_stamp
+from odyssey_sync.local.render.stamp import decode_stamp
 
 pytestmark = pytest.mark.e2e
 

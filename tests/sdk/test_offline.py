@@ -15,8 +15,8 @@ import av
 import numpy as np
 import pytest
 
-from odyssey_sync._api import ApiClient
 from odyssey_sync._offline import OfflineMethods
+from odyssey_sync._rest import ApiClient
 from odyssey_sync.errors import (
     OdysseyConnectionError,
     OdysseyNotFoundError,
@@ -49,7 +49,7 @@ class _C(OfflineMethods):
 
 def _paths(client: _C) -> list[str]:
     seen: list[str] = []
-    client._api._session.hooks["response"].append(
+    client._api.http.add_response_hook(
         lambda r, *a, **k: seen.append(f"{r.request.method} {r.request.path_url.split('?')[0]}"))
     return seen
 
@@ -108,7 +108,7 @@ def test_two_scripts_end_to_end(fast: _C, tmp_path: Path, capsys: pytest.Capture
 
     out = tmp_path / "videos"
     out.mkdir()
-    stamps_expected = importlib.util.find_spec("odyssey_sync.local.media") is not None
+    stamps_expected = importlib.util.find_spec("odyssey_sync.local.render.media") is not None
     for stream, n in zip(streams, expected_frames, strict=True):
         assert stream.frame_count == n
         path = fast.download_recording(stream.stream_id, out, progress=False)
@@ -117,7 +117,7 @@ def test_two_scripts_end_to_end(fast: _C, tmp_path: Path, capsys: pytest.Capture
         assert len(frames) == n
         assert all(f.shape == (176, 320, 3) for f in frames)
         if stamps_expected:
-            from odyssey_sync.local.stamp import decode_stamp
+            from odyssey_sync.local.render.stamp import decode_stamp
 
             numbers = [s.frame for s in map(decode_stamp, frames) if s is not None]
             assert numbers == list(range(n))
@@ -217,7 +217,7 @@ def test_list_simulations_filters(slow: _C) -> None:
 def test_bypass_flag_is_sent(slow: _C) -> None:
     # the local server grants the privilege by default: the job is accepted
     bodies: list[bytes] = []
-    slow._api._session.hooks["response"].append(
+    slow._api.http.add_response_hook(
         lambda r, *a, **k: bodies.append(r.request.body or b""))
     job = slow.simulate(script=SCRIPT_A, bypass_prompt_expansion=True)
     slow.cancel_simulation(job.job_id)
@@ -229,7 +229,7 @@ def test_close_interrupts_wait(slow: _C) -> None:
     job = slow.simulate(script=SCRIPT_A)
     errors: list[BaseException] = []
     polled = threading.Event()
-    slow._api._session.hooks["response"].append(lambda r, *a, **k: polled.set())
+    slow._api.http.add_response_hook(lambda r, *a, **k: polled.set())
 
     def run() -> None:
         try:

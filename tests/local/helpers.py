@@ -1,4 +1,5 @@
-"""Shared helpers of the local-server tests: a tiny REST caller and a fake real-time half."""
+"""Plain helpers of the local-server tests (not a test module; fixtures live in conftest.py):
+a small-server context manager, a tiny REST caller, a StreamSink driver, MP4 decoding."""
 
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def decode_stamps(data: bytes) -> list[int | None]:
     """Frame numbers stamped into each decoded frame of an MP4 (None: unreadable)."""
     import av
 
-    from odyssey_sync.local.stamp import decode_stamp_raw
+    from odyssey_sync.local.render.stamp import decode_stamp_raw
 
     out: list[int | None] = []
     with av.open(io.BytesIO(data)) as container:
@@ -117,13 +118,6 @@ def decode_stamps(data: bytes) -> list[int | None]:
             raw = decode_stamp_raw(frame.to_ndarray(format="rgb24"))
             out.append(None if raw is None else raw[0])
     return out
-
-
-def has_renderer() -> bool:
-    """True when the world renderer (odyssey_sync.local.media) is installed."""
-    import importlib.util
-
-    return importlib.util.find_spec("odyssey_sync.local.media") is not None
 
 
 def png_data_url(size: tuple[int, int] = (32, 32)) -> str:

@@ -17,7 +17,7 @@ untouched):
   video stops), so nothing is lost by reordering alone.
 
 * :func:`route_feedback` sits in front of a sender's RTCP input: PLI/FIR
-  become key-frame requests to the streamer's own encoder (``_rt_encode``),
+  become key-frame requests to the streamer's own encoder (:mod:`.encoder`),
   REMB is dropped (the bitrate is fixed by that encoder; aiortc's encoders
   would rebuild on every REMB change of more than 10 %), and everything else
   (NACK, receiver reports) passes to aiortc unchanged.
@@ -33,7 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .faults import Faults
+from ..faults import Faults
 
 __all__ = ["RtpFaultSeam", "route_feedback"]
 

@@ -1,11 +1,11 @@
-"""Simulation jobs of the local server (PROTOCOL §3.9 and §9).
+"""Simulation jobs of the local server (PROTOCOL §3.9 and §9): scripts and their runner.
 
 A job is validated completely when it is submitted (bad scripts are a 422
 naming the script, entry index and key), stored, and then run in the
 background through ``pending → dispatched → processing → completed`` (or
 ``failed`` / ``cancelled``), ``job_delay`` seconds per step so clients can
 observe and cancel the early states. Each script is rendered to an MP4 by
-:func:`odyssey_sync.local.api.render_simulation` on the render pool and
+:func:`odyssey_sync.local.render.media.render_script` on the render pool and
 recorded as a stream of the submitting key (``script_index`` set), so
 ``/recordings/{stream_id}`` serves simulation outputs as well.
 
@@ -19,51 +19,71 @@ marked ``failed`` ("server restarted") rather than resumed: their render may
 have been half written, and a failed job is honest and can be resubmitted.
 """
 
+
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import io
 import json
 import logging
 import time
 import uuid
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
-from aiohttp import web
 from yarl import URL
 
-from . import auth
-from .api import (
-    LARGE_BODY_LIMIT,
-    ApiError,
-    backend_of,
-    query_bool,
-    query_int,
-    read_json,
-    read_limited,
-    render_simulation,
-    require_object,
-    validation_error,
-)
-from .store import ACTIVE_JOB_STATUSES, Row, to_iso
+from ..context import ServerConfig, ServerContext
+from ..limits import JsonProblem, decode_json, prompt_problem
+from ..render.media import decode_data_url, decode_image, render_script
+from ..store import ACTIVE_JOB_STATUSES, Row, Store, to_iso
+from .parsing import read_limited
 
-if TYPE_CHECKING:
-    from .api import LocalBackend
-
-__all__ = ["JOB_STATUSES", "JobRunner", "ScriptError", "add_routes", "validate_script"]
+__all__ = ["CANCELLABLE", "JOB_STATUSES", "MAX_BATCH", "JobHost", "JobRunner", "Script",
+           "ScriptError", "parse_scripts_document", "validate_script"]
 
 log = logging.getLogger("odyssey_sync.local")
 
+#: bodies of ``POST /simulation-jobs`` and fetched scripts: they carry images as data URLs
+LARGE_BODY_LIMIT = 64 << 20
 JOB_STATUSES = ("pending", "dispatched", "processing", "completed", "failed", "cancelled")
 CANCELLABLE = ("pending", "dispatched")
 #: longest script the emulator renders (keeps a typo from rendering for an hour)
 MAX_SCRIPT_MS = 10 * 60 * 1000
 MAX_BATCH = 16
 _ACTIONS = ("start", "interact", "end")
+
+
+
+
+class JobHost(Protocol):
+    """What a :class:`JobRunner` needs from the server state (``LocalBackend``)."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def ctx(self) -> ServerContext: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def job_delay(self) -> float: ...
+
+    @property
+    def render_pool(self) -> Executor: ...
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]: ...
+
+    def media_paths(self, media_key: str) -> dict[str, Path]: ...
+
+    def notify_render(self) -> None: ...
+
+    def recording_json(self, row: Row) -> dict[str, Any]: ...
 
 
 class ScriptError(ValueError):
@@ -84,20 +104,12 @@ class Script:
 
 
 def _decode_data_url(value: str, loc: list[Any]) -> bytes:
-    header, sep, payload = value.partition(",")
-    if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
+    if not value.startswith("data:image/"):
         raise ScriptError(loc, "image must be a data URL 'data:image/<type>;base64,<data>'")
     try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ScriptError(loc, "image data URL is not valid base64") from None
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-    except Exception:
-        raise ScriptError(loc, "image data URL does not hold a decodable image") from None
+        data, _ = decode_data_url(value, field="image data URL")
+    except ValueError as exc:
+        raise ScriptError(loc, str(exc)) from None
     return data
 
 
@@ -157,6 +169,9 @@ def validate_script(entries: Any, loc: list[Any]) -> Script:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ScriptError([*here, action, "prompt"],
                                   f"entry {i}: '{action}.prompt' must be a non-empty string")
+            problem = prompt_problem(prompt)
+            if problem is not None:
+                raise ScriptError([*here, action, "prompt"], f"entry {i}: {problem}")
             clean["prompt"] = prompt
         if action == "start":
             img = value.get("image")
@@ -167,10 +182,6 @@ def validate_script(entries: Any, loc: list[Any]) -> Script:
                 image = _decode_data_url(img, [*here, "start", "image"])
         normalized.append({"timestamp_ms": ts, action: clean})
     return Script(normalized, image)
-
-
-def _script_error_422(exc: ScriptError) -> ApiError:
-    return ApiError(422, [{"type": "value_error", "loc": ["body", *exc.loc], "msg": exc.msg}])
 
 
 def parse_scripts_document(doc: Any) -> list[Script]:
@@ -190,7 +201,7 @@ def parse_scripts_document(doc: Any) -> list[Script]:
 class JobRunner:
     """Runs simulation jobs as tasks on the server loop (thread: loop only)."""
 
-    def __init__(self, backend: LocalBackend) -> None:
+    def __init__(self, backend: JobHost) -> None:
         self.backend = backend
         self._tasks: dict[str, asyncio.Task[Any]] = {}
 
@@ -288,9 +299,11 @@ class JobRunner:
         if raw is None:
             raise JobFailure("script_url document is too large")
         try:
-            return parse_scripts_document(json.loads(raw))
-        except json.JSONDecodeError:
-            raise JobFailure("script_url did not return JSON") from None
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                None, lambda: parse_scripts_document(decode_json(raw)))
+        except JsonProblem:
+            raise JobFailure("script_url did not return usable JSON") from None
         except ScriptError as exc:
             raise JobFailure(f"invalid script at {'.'.join(map(str, exc.loc))}: {exc.msg}") \
                 from None
@@ -329,9 +342,10 @@ class JobRunner:
         loop = asyncio.get_running_loop()
         try:
             rendered = await loop.run_in_executor(
-                backend.render_pool, lambda: render_simulation(
-                    paths, width=width, height=height, fps=fps, script=script.entries,
-                    image=script.image))
+                backend.render_pool, lambda: render_script(
+                    paths["video"], width=width, height=height, fps=fps, script=script.entries,
+                    image=None if script.image is None else decode_image(script.image),
+                    thumbnail_path=paths["thumbnail"], preview_path=paths["preview"]))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -340,13 +354,13 @@ class JobRunner:
                                         render_error=str(exc)[:500])
             raise JobFailure(f"rendering script {index} failed: {type(exc).__name__}") from None
         finally:
-            backend._notify_render()
+            backend.notify_render()
         end = time.time()
         backend.store.update_stream(
             stream_id, render_state="ready", ended_at=to_iso(end), ended_ts=end,
             frame_count=rendered.frame_count, duration_seconds=rendered.duration_seconds,
             has_thumbnail=int(rendered.has_thumbnail), has_preview=int(rendered.has_preview))
-        backend._notify_render()
+        backend.notify_render()
 
     # -- JSON shapes ----------------------------------------------------------
     def detail_json(self, row: Row) -> dict[str, Any]:
@@ -370,140 +384,3 @@ class JobRunner:
 
 class JobFailure(Exception):
     """A job ends ``failed`` with this text as ``error_message``."""
-
-
-# ---------------------------------------------------------------------------
-# HTTP handlers
-# ---------------------------------------------------------------------------
-
-
-def _optional_bool(body: dict[str, Any], name: str, default: bool | None) -> bool | None:
-    value = body.get(name, default)
-    if value is not None and not isinstance(value, bool):
-        raise validation_error(["body", name], "Input should be a valid boolean", "bool_type")
-    return value
-
-
-async def submit_job(request: web.Request) -> web.StreamResponse:
-    backend = backend_of(request)
-    key_id = backend.bearer_key_id(request)
-    body = require_object(await read_json(request, LARGE_BODY_LIMIT))
-    portrait = _optional_bool(body, "portrait", True)
-    _optional_bool(body, "output_video", True)
-    bypass = _optional_bool(body, "bypass_vlm_expansion", None)
-    given = [name for name in ("script", "scripts", "script_url")
-             if body.get(name) not in (None, [])]
-    if len(given) != 1:
-        raise validation_error(["body"], "exactly one of 'script', 'scripts' or 'script_url' "
-                               f"is required (got {', '.join(given) or 'none'})")
-    scripts: list[Script] | None = None
-    script_url: str | None = None
-    try:
-        if given[0] == "script":
-            scripts = [validate_script(body["script"], ["script"])]
-        elif given[0] == "scripts":
-            batch = body["scripts"]
-            if not isinstance(batch, list):
-                raise ScriptError(["scripts"], "'scripts' must be a list of scripts")
-            if len(batch) > MAX_BATCH:
-                raise ScriptError(["scripts"], f"at most {MAX_BATCH} scripts per job")
-            scripts = [validate_script(s, ["scripts", n]) for n, s in enumerate(batch)]
-        else:
-            script_url = body["script_url"]
-            if not isinstance(script_url, str) or not script_url.startswith(
-                    ("http://", "https://")):
-                raise ScriptError(["script_url"], "'script_url' must be an http(s) URL")
-    except ScriptError as exc:
-        raise _script_error_422(exc) from None
-    if bypass and not backend.config.bypass_privileged:
-        raise ApiError(403, "bypass_vlm_expansion requires a privileged API key")
-    row = backend.jobs.submit(key_id, bool(portrait), scripts, script_url)
-    log.info("simulation job %s submitted (%s)", row["job_id"], given[0])
-    return web.json_response(backend.jobs.detail_json(row))
-
-
-def _own_job(request: web.Request) -> tuple[LocalBackend, Row]:
-    backend = backend_of(request)
-    key_id = backend.bearer_key_id(request)
-    row = backend.store.job(request.match_info["job_id"])
-    if row is None:
-        raise ApiError(404, "Job not found")
-    if row["key_id"] != key_id:
-        raise ApiError(403, "Not authorized to access this job")
-    return backend, row
-
-
-async def get_job(request: web.Request) -> web.StreamResponse:
-    backend, row = _own_job(request)
-    return web.json_response(backend.jobs.detail_json(row))
-
-
-async def cancel_job(request: web.Request) -> web.StreamResponse:
-    backend, row = _own_job(request)
-    if not backend.jobs.cancel(row["job_id"]):
-        current = backend.store.job(row["job_id"]) or row
-        raise ApiError(400, f"Job cannot be cancelled in status '{current['status']}' "
-                            "(only pending or dispatched jobs can be cancelled)")
-    fresh = backend.store.job(row["job_id"])
-    assert fresh is not None
-    return web.json_response(backend.jobs.detail_json(fresh))
-
-
-async def list_jobs(request: web.Request) -> web.StreamResponse:
-    backend = backend_of(request)
-    key_id = backend.bearer_key_id(request)
-    status = request.query.get("status") or None
-    if status is not None and status not in JOB_STATUSES:
-        raise validation_error(["query", "status"], "Input should be "
-                               + ", ".join(repr(s) for s in JOB_STATUSES), "enum")
-    active = query_bool(request, "active")
-    limit = query_int(request, "limit", 20, 1, 100)
-    offset = query_int(request, "offset", 0, 0)
-    rows, total = backend.store.jobs_of_key(key_id, status=status, active=active,
-                                            limit=limit, offset=offset)
-    return web.json_response({
-        "jobs": [{"job_id": r["job_id"], "status": r["status"], "priority": r["priority"],
-                  "created_at": r["created_at"], "completed_at": r["completed_at"],
-                  "error_message": r["error_message"]} for r in rows],
-        "total": total, "limit": limit, "offset": offset})
-
-
-async def upload_script(request: web.Request) -> web.StreamResponse:
-    """Emulator extension: store a script and hand back a signed ``script_url``."""
-    backend = backend_of(request)
-    key_id = backend.bearer_key_id(request)
-    doc = await read_json(request, LARGE_BODY_LIMIT)
-    try:
-        parse_scripts_document(doc)
-    except ScriptError as exc:
-        raise _script_error_422(exc) from None
-    script_id = "scr_" + uuid.uuid4().hex
-    backend.store.add_script(script_id, key_id, json.dumps(doc))
-    url = backend.signed_url(script_id, "json", prefix="scripts")
-    return web.json_response({"script_id": script_id, "script_url": url}, status=201,
-                             headers={"Location": url})
-
-
-async def get_script(request: web.Request) -> web.StreamResponse:
-    backend = backend_of(request)
-    script_id = request.match_info["script_id"]
-    if request.match_info["kind"] != "json":
-        raise ApiError(404, "Not Found")
-    if not auth.verify_resource_signature(backend.ctx.secret, script_id, "json",
-                                          request.query.get("expires"),
-                                          request.query.get("sig")):
-        raise ApiError(403, "Invalid or expired signature")
-    row = backend.store.script(script_id)
-    if row is None:
-        raise ApiError(404, "Not Found")
-    return web.Response(text=row["body"], content_type="application/json")
-
-
-def add_routes(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/simulation-jobs", submit_job)
-    r.add_get("/simulation-jobs", list_jobs)
-    r.add_get("/simulation-jobs/{job_id}", get_job)
-    r.add_delete("/simulation-jobs/{job_id}", cancel_job)
-    r.add_post("/scripts", upload_script)
-    r.add_get("/scripts/{script_id}/{kind}", get_script)

@@ -1,8 +1,8 @@
 """Broadcast spectators over WHEP (PROTOCOL.md §8), served by the local server itself.
 
 The real service publishes to a MediaMTX server; here the streamer hands the
-broadcast stream's encoded video (a :class:`~odyssey_sync.local.streamer.SpectatorTrack`
-tee of its :class:`~odyssey_sync.local.streamer.WorldTrack`) straight to a
+broadcast stream's encoded video (a :class:`~odyssey_sync.local.realtime.tracks.SpectatorTrack`
+tee of its :class:`~odyssey_sync.local.realtime.tracks.WorldTrack`) straight to a
 :class:`BroadcastHub`, which answers WHEP on the same host and port:
 
 * ``webrtc_url`` = ``{base_url}/live/{stream_id}``;
@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from ._rt_rtp import route_feedback
-from .context import ServerContext
-from .streamer import WorldTrack, codec_preferences
+from ..context import ServerContext
+from .encoder import codec_preferences
+from .rtp import route_feedback
+from .tracks import WorldTrack
 
 __all__ = ["BroadcastHub"]
 

@@ -38,8 +38,10 @@ import threading
 from typing import Any
 
 import av
+from aiortc import RTCRtpCodecCapability, RTCRtpSender
+from aiortc.sdp import SessionDescription
 
-__all__ = ["VideoEncoder", "bitrate_for"]
+__all__ = ["VideoEncoder", "bitrate_for", "codec_preferences", "negotiated_video_codec"]
 
 #: codec → (bits per pixel per frame, min bit/s, max bit/s); see the module docstring
 _RATE = {"vp8": (0.04, 500_000, 1_200_000), "h264": (0.07, 500_000, 3_000_000)}
@@ -144,3 +146,47 @@ class VideoEncoder:
 
     def close(self) -> None:
         self._ctx = None
+
+
+def codec_preferences(choice: str) -> list[RTCRtpCodecCapability]:
+    """aiortc video codec capabilities for ``ServerConfig.codec`` ("vp8", "h264", "any").
+
+    Non-blocking. H.264 is limited to constrained baseline (42001f / 42e01f) with
+    packetization-mode 1 — what both official clients decode. RTX stays in so
+    NACK retransmissions keep working. Raises ``ValueError`` for other choices.
+    """
+    if choice not in ("vp8", "h264", "any"):
+        raise ValueError(f"codec must be 'vp8', 'h264' or 'any', not {choice!r}")
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    vp8 = [c for c in caps if c.mimeType.lower() == "video/vp8"]
+    h264 = [
+        c
+        for c in caps
+        if c.mimeType.lower() == "video/h264"
+        and c.parameters.get("packetization-mode") == "1"
+        and str(c.parameters.get("profile-level-id", "")).lower() in ("42001f", "42e01f")
+    ]
+    rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"]
+    chosen = {"vp8": vp8, "h264": h264, "any": vp8 + h264}[choice]
+    return chosen + rtx
+
+
+def negotiated_video_codec(sdp: str) -> str | None:
+    """"vp8" / "h264" — the first video codec of an SDP (what aiortc's sender uses).
+
+    Non-blocking. None when the SDP has no video section or neither codec.
+    """
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception:
+        return None
+    for media in description.media:
+        if media.kind != "video":
+            continue
+        for codec in media.rtp.codecs:
+            name = codec.mimeType.lower()
+            if name == "video/vp8":
+                return "vp8"
+            if name == "video/h264":
+                return "h264"
+    return None

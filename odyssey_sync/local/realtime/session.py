@@ -1,23 +1,12 @@
-"""The local server's WebRTC streamer: one aiortc peer per signaling connection.
+"""The streamer side of one signaling connection: PROTOCOL.md §5–§6.
 
-PROTOCOL.md §5–§6. The server is the offerer; its offer carries one send-only
-video m-section (VP8 and/or constrained-baseline H.264, packetization-mode 1,
-per ``ServerConfig.codec``), no audio, and the two server-created data channels
+The server is the offerer; its offer carries one send-only video m-section
+(VP8 and/or constrained-baseline H.264, packetization-mode 1, per
+``ServerConfig.codec``), no audio, and the two server-created data channels
 ``clientToStreamer`` and ``streamerToClient`` (reliable, ordered, UTF-8 JSON
 text). aiortc gathers host candidates before it returns the offer, so they are
-all in the SDP and nothing is trickled.
-
-Video comes from a :class:`WorldTrack` that renders at ``ServerConfig.fps``:
-a dark stamped idle picture between streams, the stream's world while a stream
-runs (frame numbers restart at 0 with every stream). The track encodes its
-frames itself (``_rt_encode``: VP8 or H.264, whichever the answer chose) and
-hands aiortc ready packets. The client's sender *pulls* them: a frame is
-rendered only when the sender asks for the next one, so an overloaded machine
-lowers the frame rate but never skips a frame number (a push relay would
-overwrite frames the encoder had no time for). WHEP spectators get a
-:class:`SpectatorTrack` tee of the same packets — one encode for everyone, as
-a broadcast server forwards one stream — and a slow viewer is resynchronised
-on a key frame instead of slowing the client.
+all in the SDP and nothing is trickled. Video comes from the connection's
+:class:`~.tracks.WorldTrack`.
 
 The application protocol (``interactive_stream_start`` / ``update`` /
 ``interactive_stream_end`` and the replies) is served by :class:`StreamerSession`.
@@ -25,63 +14,42 @@ Inbound messages from both transports (data channel and signaling WebSocket)
 go through one queue and are handled strictly in arrival order by one task, so
 an ``ack_delay`` fault delays later replies too instead of reordering them.
 
-Threads: everything runs on the server's event loop; rendering + encoding of
-large frames, world construction, the scenes of updates (``World.prepare``)
-and image decoding run in the loop's default executor so that they do not
-stall ICE/DTLS/SCTP.
+Threads: everything runs on the server's event loop; world construction, the
+scenes of updates (``World.prepare``) and image decoding run in the loop's
+default executor so that they do not stall ICE/DTLS/SCTP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Protocol
 
-import av
 from aiortc import (
-    MediaStreamTrack,
     RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
-    RTCRtpCodecCapability,
-    RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import SessionDescription, candidate_from_sdp
+from aiortc.sdp import candidate_from_sdp
 
-from . import _rt_world
-from ._rt_encode import VideoEncoder
-from ._rt_rtp import RtpFaultSeam, route_feedback
-from .context import ServerContext
+from ..context import ServerContext
+from ..limits import JsonProblem, decode_json, prompt_problem
+from ..render.media import decode_data_url
+from ..render.world import World, applied_prompt
+from .encoder import codec_preferences, negotiated_video_codec
+from .rtp import RtpFaultSeam, route_feedback
+from .tracks import LiveStream, WorldTrack
 
-__all__ = [
-    "BroadcastPublisher",
-    "SpectatorTrack",
-    "StreamerSession",
-    "WorldTrack",
-    "codec_preferences",
-    "negotiated_video_codec",
-]
+__all__ = ["BroadcastPublisher", "StreamerSession"]
 
 log = logging.getLogger(__name__)
 
-#: 90 kHz RTP video clock: pts are stamped in it so encoders need no rescaling.
-VIDEO_TIME_BASE = Fraction(1, 90000)
-#: frames rendered and encoded in an executor above this many pixels (measured:
-#: ≈ 1 ms for both at 320×176, ≈ 5–8 ms at 1280×704 — too long for the loop).
-_EXECUTOR_PIXELS = 320 * 240
-#: frames a broadcast stream renders before ``broadcast_ready`` (the spectator
-#: tee then has a picture to hand out immediately).
-BROADCAST_READY_FRAMES = 3
 #: how long a reply may wait for ``streamerToClient`` to open (start over the
 #: WebSocket can arrive before the data channel is up).
 _CHANNEL_OPEN_TIMEOUT = 30.0
@@ -89,58 +57,17 @@ _CHANNEL_OPEN_TIMEOUT = 30.0
 _EARLY_CANDIDATE_LIMIT = 64
 #: inbound application messages queued per connection before new ones are dropped
 _INBOX_LIMIT = 256
-#: packets a slow spectator may lag behind before it is resynchronised on a key frame
-_SPECTATOR_BACKLOG = 30
-_STOP_VIDEO_POLL = 0.05  # fault flags have no change event; poll them while set
 #: earliest reply to a start that came over the WebSocket, seconds after receipt.
 #: The official Python client arms its reply slot only after its WebSocket send
 #: returns (PROTOCOL.md §15 item 3); a reply faster than that is lost and its
 #: start_stream() hangs. The real streamer never answers that fast.
 _WS_START_MIN_REPLY = 0.05
-
-
-def codec_preferences(choice: str) -> list[RTCRtpCodecCapability]:
-    """aiortc video codec capabilities for ``ServerConfig.codec`` ("vp8", "h264", "any").
-
-    Non-blocking. H.264 is limited to constrained baseline (42001f / 42e01f) with
-    packetization-mode 1 — what both official clients decode. RTX stays in so
-    NACK retransmissions keep working. Raises ``ValueError`` for other choices.
-    """
-    if choice not in ("vp8", "h264", "any"):
-        raise ValueError(f"codec must be 'vp8', 'h264' or 'any', not {choice!r}")
-    caps = RTCRtpSender.getCapabilities("video").codecs
-    vp8 = [c for c in caps if c.mimeType.lower() == "video/vp8"]
-    h264 = [
-        c
-        for c in caps
-        if c.mimeType.lower() == "video/h264"
-        and c.parameters.get("packetization-mode") == "1"
-        and str(c.parameters.get("profile-level-id", "")).lower() in ("42001f", "42e01f")
-    ]
-    rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"]
-    chosen = {"vp8": vp8, "h264": h264, "any": vp8 + h264}[choice]
-    return chosen + rtx
-
-
-def negotiated_video_codec(sdp: str) -> str | None:
-    """"vp8" / "h264" — the first video codec of an SDP (what aiortc's sender uses).
-
-    Non-blocking. None when the SDP has no video section or neither codec.
-    """
-    try:
-        description = SessionDescription.parse(sdp)
-    except Exception:
-        return None
-    for media in description.media:
-        if media.kind != "video":
-            continue
-        for codec in media.rtp.codecs:
-            name = codec.mimeType.lower()
-            if name == "video/vp8":
-                return "vp8"
-            if name == "video/h264":
-                return "h264"
-    return None
+#: what the service says when a stream reaches its duration limit (PROTOCOL §17)
+STREAM_LIMIT_MESSAGE = "Stream ended: credit lease expired"
+#: replies that are acknowledgements (the ``drop_acks`` fault withholds them)
+_ACK_TYPES = frozenset({"stream_started", "update_acknowledged", "stream_ended"})
+#: longest wait for a last message to leave before the server closes a connection
+_FLUSH_TIMEOUT = 1.0
 
 
 class BroadcastPublisher(Protocol):
@@ -152,274 +79,6 @@ class BroadcastPublisher(Protocol):
     async def unpublish(self, stream_id: str) -> None:
         """Close the stream to spectators and drop every viewer."""
 
-
-@dataclass
-class LiveStream:
-    """One interactive stream on a connection (loop thread only)."""
-
-    stream_id: str
-    world: _rt_world.RenderWorld
-    width: int
-    height: int
-    portrait: bool
-    broadcast: bool
-    started_at: float
-    #: frames rendered so far == the number of the next frame
-    frames: int = 0
-    #: updates accepted and not yet handed to the world, in arrival order: the
-    #: prompt and its scene being prepared in the executor. Applied between two
-    #: renders (the world is never touched while it renders), in order, each
-    #: from the first frame rendered after its scene (and every earlier one) is ready
-    pending: list[tuple[str, asyncio.Future[Any]]] = field(default_factory=list)
-    #: interactions accepted so far: the next update is interaction number
-    #: ``accepted + 1`` (the world seeds its scene with that number)
-    accepted: int = 0
-    on_interacted: Callable[[LiveStream, int, str], None] | None = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class SpectatorTrack(MediaStreamTrack):
-    """A viewer's copy of a :class:`WorldTrack`'s encoded packets.
-
-    Fed by the world track on the loop with the very packets the client gets
-    (one encode for everyone, as a broadcast server forwards one stream).
-    Up to ``_SPECTATOR_BACKLOG`` packets wait for a slow viewer; beyond that
-    the backlog is dropped, a key frame is requested and the viewer resumes
-    from it (inter frames without their references would only decode to
-    garbage). ``recv()`` raises ``MediaStreamError`` once either track stops.
-    """
-
-    kind = "video"
-
-    def __init__(self, source: WorldTrack) -> None:
-        super().__init__()
-        self._source: WorldTrack | None = source
-        self._backlog: collections.deque[av.Packet[Any]] = collections.deque()
-        self._wait_keyframe = True
-        self._ended = False
-        self._fresh = asyncio.Event()
-        self.skipped = 0
-
-    def push(self, packet: av.Packet[Any] | None) -> None:
-        """Hand over the next packet (None: the source ended). Loop thread."""
-        if packet is None:
-            self._ended = True
-            self._source = None
-        elif self._wait_keyframe and not packet.is_keyframe:
-            self.skipped += 1
-            return
-        elif len(self._backlog) >= _SPECTATOR_BACKLOG:
-            self.skipped += len(self._backlog) + 1
-            self._backlog.clear()
-            self._wait_keyframe = True
-            if self._source is not None:
-                self._source.request_keyframe()
-            return
-        else:
-            self._wait_keyframe = False
-            self._backlog.append(packet)
-        self._fresh.set()
-
-    async def recv(self) -> av.Packet[Any]:
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            if self._backlog:
-                return self._backlog.popleft()
-            if self._ended:
-                self.stop()
-                raise MediaStreamError
-            self._fresh.clear()
-            await self._fresh.wait()
-
-    def stop(self) -> None:
-        super().stop()
-        if self._source is not None:
-            self._source.untee(self)
-            self._source = None
-        self._fresh.set()  # wake a pending recv() so it can raise
-
-
-class WorldTrack(MediaStreamTrack):
-    """Server video track: paced at ``fps``, idle picture between streams.
-
-    ``recv()`` runs on the loop (called by the client's RTP sender). It
-    sleeps until the next frame slot, renders the current stream's next frame,
-    stamps it with the hand-off time, encodes it with the track's own
-    :class:`~odyssey_sync.local._rt_encode.VideoEncoder` (both in the default
-    executor for large frames) and returns the ``av.Packet`` with a 90 kHz
-    pts; aiortc only packetizes it. If the sender falls behind by more than a
-    frame the track resynchronises instead of bursting frames. While
-    ``Faults.stop_video`` is set it emits nothing (the connection stays up).
-    ``stop()`` makes a pending ``recv()`` raise ``MediaStreamError`` at once.
-    """
-
-    kind = "video"
-
-    def __init__(self, ctx: ServerContext, codec: str = "vp8") -> None:
-        super().__init__()
-        self._ctx = ctx
-        self._interval = 1.0 / float(ctx.config.fps)
-        self._next_at: float | None = None
-        self._origin: float | None = None
-        self._last_pts = -1
-        self._idle_frames = 0
-        self._stopped = asyncio.Event()
-        self._encoder = VideoEncoder(codec, float(ctx.config.fps))
-        #: the stream being rendered, or None for the idle picture
-        self.stream: LiveStream | None = None
-        self.frames_sent = 0
-        self._spectators: set[SpectatorTrack] = set()
-
-    @property
-    def codec(self) -> str:
-        """The codec packets are encoded with ("vp8" or "h264")."""
-        return self._encoder.codec_name
-
-    @property
-    def encoder(self) -> VideoEncoder:
-        return self._encoder
-
-    def set_codec(self, codec: str) -> None:
-        """Switch the encoder (after negotiation, before the first frame). Loop thread."""
-        if codec != self._encoder.codec_name:
-            self._encoder = VideoEncoder(codec, float(self._ctx.config.fps))
-
-    def next_frame_due(self) -> float:
-        """``time.monotonic()`` at which the next frame will be rendered and stamped.
-
-        Non-blocking, loop thread. An estimate: the next frame slot, or now when
-        the track is due or late; the frame's stamp is taken a few ms later
-        (wake-up, executor hand-off). Used as a new stream's recording stamp origin.
-        """
-        now = time.monotonic()
-        due = self._next_at
-        if due is None or now - due > self._interval:
-            return now  # first frame, or behind: _next_packet renders at once
-        return max(now, due)
-
-    def request_keyframe(self) -> None:
-        """Next packet is a key frame (PLI/FIR from any receiver, new viewer). Any thread."""
-        self._encoder.request_keyframe()
-
-    def tee(self) -> SpectatorTrack:
-        """A new spectator copy of this track's packets (starts at a key frame). Loop thread."""
-        spectator = SpectatorTrack(self)
-        if self.readyState != "live":
-            spectator.push(None)
-        else:
-            self._spectators.add(spectator)
-            self.request_keyframe()
-        return spectator
-
-    def untee(self, spectator: SpectatorTrack) -> None:
-        self._spectators.discard(spectator)
-
-    def stop(self) -> None:
-        super().stop()
-        self._stopped.set()
-        spectators, self._spectators = self._spectators, set()
-        for spectator in spectators:
-            spectator.push(None)
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds`` unless the track stops first (then MediaStreamError)."""
-        if seconds > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), seconds)
-        if self.readyState != "live":
-            raise MediaStreamError
-
-    async def recv(self) -> av.Packet[Any]:
-        while True:
-            packet = await self._next_packet()
-            if packet is not None:
-                return packet
-
-    async def _next_packet(self) -> av.Packet[Any] | None:
-        if self.readyState != "live":
-            raise MediaStreamError
-        while self._ctx.faults.stop_video:
-            await self._pause(_STOP_VIDEO_POLL)
-        now = time.monotonic()
-        if self._next_at is None or now - self._next_at > self._interval:
-            self._next_at = now  # first frame, or fell behind / resumed: no burst
-        await self._pause(self._next_at - now)
-        self._next_at += self._interval
-
-        stream = self.stream
-        prompts: list[str] = []
-        needs_build = False
-        if stream is not None:
-            number = stream.frames
-            # Updates whose scene is ready, in order, up to the first that is not:
-            # acknowledged order is applied order; a scene still being built
-            # holds back the ones after it (they show from a later frame).
-            ready: list[tuple[str, Any]] = []
-            while stream.pending and stream.pending[0][1].done():
-                prompt, future = stream.pending.pop(0)
-                scene = None
-                if not future.cancelled() and future.exception() is None:
-                    scene = future.result()
-                needs_build = needs_build or scene is None
-                ready.append((prompt, scene))
-            prompts = [prompt for prompt, _ in ready]
-            stream.frames += 1
-            world = stream.world
-            width, height = stream.width, stream.height
-
-            def render() -> av.VideoFrame:
-                # Interactions are applied here, between two renders, so the
-                # world (not thread-safe) is only ever used by one thread at a
-                # time. Their scenes were prepared in the executor, so this is
-                # cheap unless preparing failed (then the world builds it).
-                for prompt, scene in ready:
-                    _rt_world.apply_interaction(world, prompt, number, scene)
-                return world.video_frame(number, time.monotonic())
-        else:
-            number = self._idle_frames
-            self._idle_frames += 1
-            width, height = self._ctx.frame_size(False)
-
-            def render() -> av.VideoFrame:
-                return _rt_world.idle_frame(width, height, number, time.monotonic())
-
-        encoder = self._encoder
-        origin = self._origin
-        last_pts = self._last_pts
-
-        def produce() -> tuple[av.Packet[Any] | None, int, float]:
-            frame = render()
-            # The stamp's send time was taken inside render(), right before this
-            # encode: the closest point to "handed to the encoder" there is.
-            sent = time.monotonic()
-            start = origin if origin is not None else sent
-            pts = max(last_pts + 1, round((sent - start) * 90000))
-            frame.pts = pts
-            frame.time_base = VIDEO_TIME_BASE
-            return encoder.encode(frame), pts, start
-
-        if width * height > _EXECUTOR_PIXELS or needs_build:
-            loop = asyncio.get_running_loop()
-            packet, pts, start = await loop.run_in_executor(None, produce)
-        else:
-            packet, pts, start = produce()
-        self._origin = start
-        self._last_pts = pts
-        if stream is not None:
-            if stream.on_interacted is not None:
-                for prompt in prompts:
-                    stream.on_interacted(stream, number, prompt)
-            if stream.frames >= BROADCAST_READY_FRAMES:
-                stream.ready.set()
-        if self.readyState != "live":
-            raise MediaStreamError
-        if packet is None:
-            return None
-        self.frames_sent += 1
-        for spectator in list(self._spectators):
-            spectator.push(packet)
-        return packet
 
 
 def _discard_result(future: asyncio.Future[Any]) -> None:
@@ -450,10 +109,14 @@ class StreamerSession:
         ctx: ServerContext,
         session_id: str,
         broadcasts: BroadcastPublisher | None = None,
+        close_connection: Callable[[str], None] | None = None,
     ) -> None:
         self._ctx = ctx
         self.session_id = session_id
         self._broadcasts = broadcasts
+        #: called (with a reason) when the server ends the whole connection:
+        #: the stream limit closes it, as the service does (PROTOCOL §17)
+        self._close_connection = close_connection
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._track = WorldTrack(ctx, "h264" if ctx.config.codec == "h264" else "vp8")
         self._seam: RtpFaultSeam | None = None
@@ -586,9 +249,9 @@ class StreamerSession:
                 log.info("ignoring non-UTF-8 data-channel message")
                 return
         try:
-            message = json.loads(data)
-        except ValueError:
-            log.info("ignoring non-JSON data-channel message")
+            message = decode_json(data)
+        except JsonProblem as exc:
+            log.info("ignoring data-channel message: %s", exc.msg)
             return
         self.submit(message)
 
@@ -650,6 +313,9 @@ class StreamerSession:
                 prompt = ""
             if not isinstance(prompt, str):
                 raise _Reject("invalid_request", "prompt must be a string")
+            problem = prompt_problem(prompt)
+            if problem is not None:
+                raise _Reject("invalid_request", problem)
             if not isinstance(portrait, bool) or not isinstance(broadcast, bool):
                 raise _Reject("invalid_request", "portrait and broadcast must be booleans")
             if bypass is None:
@@ -671,16 +337,16 @@ class StreamerSession:
             if image_url:
                 try:
                     image_bytes, image = await loop.run_in_executor(
-                        None, _rt_world.decode_data_url, image_url
+                        None, lambda: decode_data_url(image_url, field="input_image_base64")
                     )
-                except _rt_world.InvalidImage as exc:
+                except ValueError as exc:
                     raise _Reject("invalid_image", str(exc)) from None
             width, height = self._ctx.frame_size(portrait)
             fps = float(self._ctx.config.fps)
             world = await loop.run_in_executor(
-                None, _rt_world.make_world, width, height, prompt, image, fps
+                None, lambda: World(width, height, prompt, image, fps=fps)
             )
-            applied = _rt_world.applied_prompt(prompt)
+            applied = applied_prompt(prompt)
         except _Reject as reject:
             await self._reply({"type": "interactive_stream_error", "reason": reject.reason,
                                "message": reject.message})
@@ -723,7 +389,7 @@ class StreamerSession:
             stamp_origin=self._track.next_frame_due(),
         )
         self._timeout = loop.call_later(
-            float(self._ctx.config.session_timeout),
+            float(self._ctx.config.stream_limit),
             self.submit,
             {"type": "_session_timeout", "stream_id": stream.stream_id},
         )
@@ -744,18 +410,22 @@ class StreamerSession:
             await self._reply({"type": "interactive_stream_error", "reason": "invalid_request",
                                "message": "update needs a string prompt"})
             return
+        problem = prompt_problem(prompt)
+        if problem is not None:
+            await self._reply({"type": "interactive_stream_error", "reason": "invalid_request",
+                               "message": problem})
+            return
         # Build the new scene off the loop while frames keep rendering (≈ 35 ms
         # at 1280×704); the track installs it between two renders once ready.
         # Acknowledged now, in arrival order; the world changes from the first
         # frame after the scene is ready.
         stream.accepted += 1
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            None, _rt_world.prepare_scene, stream.world, prompt, stream.accepted
-        )
+        # World.prepare with an explicit index is pure: safe while the track renders.
+        future = loop.run_in_executor(None, stream.world.prepare, prompt, stream.accepted)
         stream.pending.append((prompt, future))
         await self._reply({"type": "update_acknowledged",
-                           "prompt": _rt_world.applied_prompt(prompt)})
+                           "prompt": applied_prompt(prompt)})
 
     async def _handle_end(self) -> None:
         await self._finish_stream()
@@ -763,14 +433,31 @@ class StreamerSession:
         await self._reply({"type": "stream_ended"})
 
     async def _handle_timeout(self, message: dict[str, Any]) -> None:
+        """The stream limit: the service's error, the stream ends, the connection closes."""
         stream = self._stream
         if stream is None or stream.stream_id != message.get("stream_id"):
             return  # that stream already ended
-        limit = self._ctx.config.session_timeout
+        log.info("session %s: stream %s reached the stream limit (%g s)", self.session_id,
+                 stream.stream_id, self._ctx.config.stream_limit)
         await self._send({"type": "interactive_stream_error", "reason": "session_timeout",
-                          "message": f"maximum stream duration of {limit:g} s reached"})
+                          "message": STREAM_LIMIT_MESSAGE})
         await self._finish_stream()
-        await self._send({"type": "stream_ended"})
+        await self._flush()
+        if self._close_connection is not None:
+            # Only requested here: closing the connection closes this session,
+            # which cancels the task running this handler.
+            self._close_connection("stream limit reached")
+
+    async def _flush(self) -> None:
+        """Wait (≤ _FLUSH_TIMEOUT) until messages queued on streamerToClient have left."""
+        channel = self._s2c
+        deadline = time.monotonic() + _FLUSH_TIMEOUT
+        while (channel is not None and channel.readyState == "open"
+               and channel.bufferedAmount > 0 and time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
+        # bufferedAmount counts bytes not yet handed to SCTP; give the transport a
+        # moment to put the last chunk on the wire.
+        await asyncio.sleep(0.05)
 
     def _report_interaction(self, stream: LiveStream, frame: int, prompt: str) -> None:
         self._sink_call("stream_interacted", stream.stream_id, frame, prompt)
@@ -817,6 +504,9 @@ class StreamerSession:
         faults = self._ctx.faults
         if faults.never_ack:
             return
+        if message.get("type") in _ACK_TYPES and faults.take("drop_acks"):
+            log.info("session %s: dropping %s (fault)", self.session_id, message.get("type"))
+            return
         delay = float(faults.ack_delay or 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -834,7 +524,9 @@ class StreamerSession:
                             self.session_id, message.get("type"))
                 return
         if channel.readyState == "open":
-            channel.send(json.dumps(message))
+            # ensure_ascii=False: a prompt echoed back costs at most 4 bytes per
+            # character instead of 12 for escaped astral characters.
+            channel.send(json.dumps(message, ensure_ascii=False))
 
     def _sink_call(self, name: str, *args: Any, **kwargs: Any) -> None:
         try:

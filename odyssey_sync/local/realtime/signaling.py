@@ -18,13 +18,24 @@ the same aiohttp application (same host and port as the API):
   answered (autoping) and the server pings every 20 s itself. When the socket
   ends for any reason the running stream is ended, the peer closed and
   ``StreamSink.session_closed`` called;
-* the WHEP routes of :class:`~odyssey_sync.local.broadcast.BroadcastHub`.
+* the WHEP routes of :class:`~odyssey_sync.local.realtime.broadcast.BroadcastHub`.
 
 A second signaling socket for the same allocation supersedes the first (its
 peer is closed without freeing the allocation), as a client retry would need.
 
+Service limits (PROTOCOL §17, ``ServerConfig``): a stream ends at
+``stream_limit`` seconds with ``interactive_stream_error`` /
+``session_timeout`` and then the server closes the connection (code 1000);
+a connection is closed at ``connection_limit`` seconds. When the server
+closes a connection, or the client said ``client_disconnecting``, the
+allocation is freed at once; when the client vanished without it (socket
+closed or lost by the client side), the allocation keeps its capacity slot
+for ``stale_session_timeout`` seconds (a new signaling socket for it within
+that time takes it back).
+
 Faults honoured here: ``refuse_signaling``, ``signaling_error`` (an ``error``
-message right after the offer), ``drop_signaling_after`` (close code 1011).
+message right after the offer), ``drop_signaling_after`` (close code 1011;
+also for sockets already open when it is set).
 
 Threads: everything runs on the server loop; JSON of large messages (images)
 is parsed in the loop's default executor.
@@ -36,14 +47,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from ..context import ServerContext
+from ..limits import JsonProblem, decode_json
 from .broadcast import BroadcastHub
-from .context import ServerContext
-from .streamer import StreamerSession
+from .session import StreamerSession
 
 __all__ = ["REALTIME_KEY", "RealtimeHub", "setup_realtime"]
 
@@ -56,6 +69,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024 + 4096
 HEARTBEAT_SECONDS = 20.0
 #: messages larger than this are parsed off the loop
 _BIG_MESSAGE = 256 * 1024
+#: how often a connection looks at the drop_signaling_after fault (no change event)
+_FAULT_POLL = 0.05
 
 
 class _Connection:
@@ -65,21 +80,27 @@ class _Connection:
         self.hub = hub
         self.session_id = session_id
         self.ws = ws
-        self.streamer = StreamerSession(hub.ctx, session_id, hub.broadcasts)
+        self.streamer = StreamerSession(hub.ctx, session_id, hub.broadcasts,
+                                        close_connection=self.request_close)
         self.superseded = False
-        self._dropper: asyncio.Task[None] | None = None
+        #: the client sent client_disconnecting
+        self.said_goodbye = False
+        #: the server ended the connection (a limit, a fault, shutdown): not stale
+        self.closed_by_server = False
+        self._watchers: list[asyncio.Task[None]] = []
+        self._closer: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         ctx = self.hub.ctx
         ws = self.ws
+        opened = time.monotonic()
         offer = await self.streamer.create_offer()
         await ws.send_str(json.dumps({"type": "offer", "sdp": offer}))
         reason = ctx.faults.signaling_error
         if reason:
             await ws.send_str(json.dumps({"type": "error", "reason": str(reason)}))
-        drop_after = ctx.faults.drop_signaling_after
-        if drop_after is not None:
-            self._dropper = asyncio.ensure_future(self._drop_after(float(drop_after)))
+        self._watchers = [asyncio.ensure_future(self._watch_drop_fault(opened)),
+                          asyncio.ensure_future(self._connection_limit(opened))]
         loop = asyncio.get_running_loop()
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
@@ -93,11 +114,11 @@ class _Connection:
                 continue
             try:
                 if len(text) > _BIG_MESSAGE:
-                    message = await loop.run_in_executor(None, json.loads, text)
+                    message = await loop.run_in_executor(None, decode_json, text)
                 else:
-                    message = json.loads(text)
-            except ValueError:
-                log.info("session %s: ignoring non-JSON signaling message", self.session_id)
+                    message = decode_json(text)
+            except JsonProblem as exc:
+                log.info("session %s: ignoring signaling message: %s", self.session_id, exc.msg)
                 continue
             if not isinstance(message, dict) or not isinstance(message.get("type"), str):
                 continue
@@ -121,25 +142,65 @@ class _Connection:
         elif kind == "interactive_stream_start":
             self.streamer.submit(message, via_websocket=True)
         elif kind == "client_disconnecting":
+            self.said_goodbye = True
             return False
         # keepalive and unknown types: ignored
         return True
 
-    async def _drop_after(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    async def _watch_drop_fault(self, opened: float) -> None:
+        """``drop_signaling_after``: counted from the socket's opening when the fault
+        was set by then, else from the moment this socket first sees it set."""
+        faults = self.hub.ctx.faults
+        armed_at: float | None = opened if faults.drop_signaling_after is not None else None
+        while True:
+            after = faults.drop_signaling_after
+            if after is None:
+                armed_at = None
+                await asyncio.sleep(_FAULT_POLL)
+                continue
+            if armed_at is None:
+                armed_at = time.monotonic()
+            left = armed_at + float(after) - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(left, _FAULT_POLL))
         log.info("session %s: dropping signaling (fault)", self.session_id)
+        self.closed_by_server = True
         await self.ws.close(code=aiohttp.WSCloseCode.INTERNAL_ERROR, message=b"injected fault")
+
+    async def _connection_limit(self, opened: float) -> None:
+        limit = float(self.hub.ctx.config.connection_limit)
+        await asyncio.sleep(max(0.0, opened + limit - time.monotonic()))
+        log.info("session %s: connection limit (%g s) reached", self.session_id, limit)
+        self.closed_by_server = True
+        await self.ws.close(code=aiohttp.WSCloseCode.OK, message=b"connection limit reached")
+
+    def request_close(self, reason: str) -> None:
+        """Close the socket (code 1000) soon; the handler then cleans up. Loop thread."""
+        if self._closer is not None or self.ws.closed:
+            return
+        self.closed_by_server = True
+
+        async def close() -> None:
+            log.info("session %s: closing the connection (%s)", self.session_id, reason)
+            await self.ws.close(code=aiohttp.WSCloseCode.OK, message=reason.encode()[:120])
+
+        self._closer = asyncio.ensure_future(close())
 
     async def close(self, code: int = aiohttp.WSCloseCode.OK) -> None:
         """Close socket and streamer. Idempotent."""
-        if self._dropper is not None:
-            self._dropper.cancel()
+        for task in self._watchers:
+            task.cancel()
+        for task in self._watchers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._dropper
+                await task
         await self.streamer.close()
         if not self.ws.closed:
             with contextlib.suppress(Exception):
                 await self.ws.close(code=code)
+        if self._closer is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._closer
 
 
 class RealtimeHub:
@@ -210,8 +271,11 @@ class RealtimeHub:
                 del self.connections[session_id]
             await conn.close()
             if not conn.superseded:
+                # A client that vanished without client_disconnecting keeps its
+                # slot until the stale timeout (the service's behaviour, §17).
+                vanished = not (conn.said_goodbye or conn.closed_by_server or self._closing)
                 try:
-                    ctx.sink.session_closed(session_id)
+                    ctx.sink.session_closed(session_id, vanished=vanished)
                 except Exception:
                     log.exception("StreamSink.session_closed failed")
         return ws

@@ -1,6 +1,6 @@
 """Recordings and simulation outputs: the world rendered to MP4 files.
 
-Because :class:`~odyssey_sync.local.world.World` is deterministic, the local
+Because :class:`~odyssey_sync.local.render.world.World` is deterministic, the local
 server does not keep the live encoder's output: when a stream ends it renders
 the recording again from the stream's event log (prompt, input image,
 interactions with their frame numbers, frame count). Every frame carries the
@@ -38,7 +38,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .world import World
 
-__all__ = ["RenderedMedia", "decode_image", "render_recording", "render_script"]
+__all__ = [
+    "PART_SUFFIX",
+    "RenderedMedia",
+    "decode_data_url",
+    "decode_image",
+    "render_recording",
+    "render_script",
+]
+
+#: suffix of the temporary files a render writes before renaming them into
+#: place; a file with it is what a killed server left behind
+PART_SUFFIX = ".part"
 
 # Preview clip: the first few seconds, small, for list views.
 _PREVIEW_SECONDS = 5.0
@@ -56,6 +67,10 @@ class RenderedMedia:
     duration_seconds: float
     width: int
     height: int
+    #: a JPEG of frame 0 was written to ``thumbnail_path``
+    has_thumbnail: bool = False
+    #: a short small MP4 was written to ``preview_path``
+    has_preview: bool = False
 
 
 def decode_image(data: bytes | bytearray | memoryview) -> npt.NDArray[np.uint8]:
@@ -111,7 +126,7 @@ def _check_common(width: int, height: int, fps: float) -> None:
 def _atomic_output(path: Path) -> Iterator[Path]:
     """A temp file next to ``path``, renamed onto it if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PART_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -240,18 +255,35 @@ def render_recording(
         duration_seconds=frame_count / fps,
         width=width,
         height=height,
+        has_thumbnail=thumbnail_path is not None,
+        has_preview=preview_path is not None,
     )
 
 
-def _image_from_data_url(value: Any) -> npt.NDArray[np.uint8] | None:
-    if not isinstance(value, str) or not value:
-        return None
-    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+def decode_data_url(url: str, *, field: str = "image") -> tuple[bytes, npt.NDArray[np.uint8]]:
+    """``(file bytes, H×W×3 RGB picture)`` of a ``data:<mime>;base64,<...>`` URL.
+
+    The one data-URL decoder of the server (live starts and simulation
+    scripts). Blocking, CPU-bound (base64 + image decode of up to 25 MiB):
+    run it in an executor. Raises ``ValueError`` naming ``field`` for anything
+    unusable (not a base64 data URL, empty, not a decodable image).
+    """
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise ValueError(f"{field} must be a data: URL")
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise ValueError(f"{field} must be a base64 data: URL")
     try:
         data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("script start.image is not a valid base64 data URL") from exc
-    return decode_image(data)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{field} is not valid base64") from None
+    if not data:
+        raise ValueError(f"{field} is empty")
+    try:
+        picture = decode_image(data)
+    except ValueError:
+        raise ValueError(f"{field} could not be decoded as an image") from None
+    return data, np.ascontiguousarray(picture, dtype=np.uint8)
 
 
 def render_script(
@@ -295,8 +327,8 @@ def render_script(
         if "start" in entry:
             start = entry["start"] or {}
             prompt = str(start.get("prompt", ""))
-            if image is None:
-                image = _image_from_data_url(start.get("image"))
+            if image is None and start.get("image"):
+                image = decode_data_url(start["image"], field="script start.image")[1]
         elif "interact" in entry:
             body = entry["interact"] or {}
             interactions.append((frame, str(body.get("prompt", ""))))
