@@ -19,13 +19,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
-
-import cv2
+from typing import Any
 
 from odyssey_sync import Odyssey
+
+WINDOW = "odyssey"
 
 CANNED = {
     ord("1"): "A storm rolls in from the sea",
@@ -50,16 +52,41 @@ def open_client() -> Iterator[Odyssey]:
         yield client
 
 
+def open_window() -> Any:
+    """Import OpenCV and open the window, or exit with what is missing and how to get it.
+
+    Checked before anything connects. The build check comes first: the
+    ``-headless`` wheel has no GUI at all, and some GUI back-ends abort the
+    whole process when there is no display to open.
+    """
+    try:
+        import cv2
+    except ImportError:
+        sys.exit("opencv_viewer: OpenCV is not installed: pip install opencv-python")
+    if re.search(r"^\s*GUI:\s*NONE\s*$", cv2.getBuildInformation(), re.MULTILINE):
+        sys.exit("opencv_viewer: this OpenCV has no GUI support (the opencv-python-headless "
+                 "wheel): pip uninstall opencv-python-headless && pip install opencv-python")
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        sys.exit("opencv_viewer: no display (DISPLAY is not set): run it in a desktop session")
+    try:
+        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+    except cv2.error as exc:
+        sys.exit(f"opencv_viewer: OpenCV cannot open a window here: {exc.err}")
+    return cv2
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("prompt", nargs="?", default="A lighthouse on a cliff at dusk")
     parser.add_argument("--portrait", action="store_true")
     args = parser.parse_args()
+    cv2 = open_window()
 
     with open_client() as client:
         client.connect()
         client.start_stream(args.prompt, portrait=args.portrait)
-        cv2.namedWindow("odyssey", cv2.WINDOW_NORMAL)
         busy = threading.Lock()  # one interaction in flight at a time
 
         def interact(prompt: str) -> None:
@@ -73,11 +100,11 @@ def main() -> int:
         while True:
             frame = client.get_latest_frame(timeout=5.0)
             try:
-                cv2.imshow("odyssey", frame.data)  # shown before the slot is released
+                cv2.imshow(WINDOW, frame.data)  # shown before the slot is released
             finally:
                 frame.release()
             key = cv2.waitKey(1) & 0xFF
-            if key in (ord("q"), 27) or cv2.getWindowProperty("odyssey", cv2.WND_PROP_VISIBLE) < 1:
+            if key in (ord("q"), 27) or cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
                 break
             if key in CANNED and not busy.locked():
                 interact(CANNED[key])

@@ -15,11 +15,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ._deadline import Deadline
-from ._http import retry_after, validate_id
+from ._http import HttpClient, Response, retry_after, validate_id
 from .errors import (
     OdysseyConnectionError,
     OdysseyError,
@@ -27,9 +27,6 @@ from .errors import (
     OdysseyTimeoutError,
 )
 from .types import StreamerCapabilities
-
-if TYPE_CHECKING:
-    from ._rest import ApiClient
 
 __all__ = ["Allocation", "Allocator"]
 
@@ -59,10 +56,36 @@ class Allocation:
     token_expires_in: int
 
 
+class ApiSession(Protocol):
+    """What the allocator needs of its :class:`~odyssey_sync._rest.ApiClient`."""
+
+    @property
+    def http(self) -> HttpClient: ...
+
+    def require_key(self, doing: str) -> str: ...
+
+    def access_token(self, deadline: Deadline | None = None) -> str: ...
+
+    def wait_closed(self, timeout: float) -> bool: ...
+
+    def request_json(
+        self, method: str, path: str, *, what: str, json: Any = None,
+        params: dict[str, str] | None = None, auth: bool = True,
+        deadline: Deadline | None = None, ids: dict[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    def request(
+        self, method: str, path: str, *, what: str, json: Any = None,
+        params: dict[str, str] | None = None, auth: bool = True,
+        deadline: Deadline | None = None, ids: dict[str, Any] | None = None,
+        passthrough: tuple[int, ...] = (),
+    ) -> Response: ...
+
+
 class Allocator:
     """Allocates streamers for one :class:`~odyssey_sync._rest.ApiClient`."""
 
-    def __init__(self, api: ApiClient) -> None:
+    def __init__(self, api: ApiSession) -> None:
         self._api = api
         self._regions_lock = threading.Lock()
         self._regions: tuple[float, dict[str, int]] | None = None

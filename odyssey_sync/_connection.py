@@ -143,11 +143,19 @@ class Connection:
         return f"<Connection {self.name} {state} session_id={self.session_id!r}>"
 
     # ------------------------------------------------------------------ open
-    def open(self, deadline: Deadline, credentials: ClientCredentials | None = None) -> None:
+    def open(
+        self,
+        deadline: Deadline,
+        credentials: ClientCredentials | None = None,
+        *,
+        queue_timeout: float | None = None,
+    ) -> None:
         """Allocate (or use ``credentials``), connect signaling and WebRTC, wait for readiness.
 
-        Blocking, caller's thread, bounded by ``deadline``. On failure the
-        caller must :meth:`close` the connection.
+        Blocking, caller's thread, bounded by ``deadline``. ``queue_timeout``:
+        how long to queue for a free streamer (default: the configured one;
+        ``0`` fails at once when none is free). On failure the caller must
+        :meth:`close` the connection.
 
         Raises:
             OdysseyAuthError, OdysseyUsageError, OdysseyQueueTimeoutError: from allocation.
@@ -156,7 +164,9 @@ class Connection:
         """
         if credentials is None:
             allocation = self._api.allocate(
-                queue_timeout=self._config.queue_timeout, deadline=deadline
+                queue_timeout=self._config.queue_timeout if queue_timeout is None
+                else queue_timeout,
+                deadline=deadline,
             )
             sig_url, token = allocation.signaling_url, allocation.session_token
             self.session_id, self.capabilities = allocation.session_id, allocation.capabilities

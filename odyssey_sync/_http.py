@@ -82,8 +82,11 @@ DETAIL_MAX = 500
 _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:token|access_token|session_token|spectator_token|api_key)=)[^&#\s\"']+"
 )
-#: The loggers through which requests' transport (urllib3) writes request lines.
-_URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
+#: Library loggers that may write a request line, query included: requests'
+#: transport (urllib3) at DEBUG, and websocket-client when tracing is on.
+_LIBRARY_LOGGERS = (
+    "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry", "websocket",
+)
 
 
 def strip_query(url: str) -> str:
@@ -122,7 +125,9 @@ _filter_lock = threading.Lock()
 
 
 def install_log_redaction() -> None:
-    """Mask secret query values in urllib3's log records (idempotent, thread-safe).
+    """Mask secret query values in urllib3's and websocket-client's log records.
+
+    Idempotent, thread-safe, non-blocking.
 
     urllib3 logs ``"POST /live/x/whep?token=… HTTP/1.1" 201`` at DEBUG; the
     protocol requires the spectator token in that query, so the filter goes
@@ -130,7 +135,7 @@ def install_log_redaction() -> None:
     records created on that logger, which is exactly where these lines start.
     """
     with _filter_lock:
-        for name in _URLLIB3_LOGGERS:
+        for name in _LIBRARY_LOGGERS:
             logger = logging.getLogger(name)
             if _FILTER not in logger.filters:
                 logger.addFilter(_FILTER)

@@ -28,6 +28,7 @@ __all__ = [
     "LANDSCAPE_SIZE",
     "MAX_IMAGE_BYTES",
     "PORTRAIT_SIZE",
+    "decode_data_url",
     "detect_mime",
     "encode_image",
     "target_size",
@@ -123,7 +124,7 @@ def encode_image(image: Any, *, portrait: bool) -> str:
         raise TypeError(f"portrait must be a bool, not {type(portrait).__name__}")
     size = target_size(portrait)
     if isinstance(image, str) and image[:5].lower() == "data:":
-        return _encode_bytes(_decode_data_url(image), size)
+        return _encode_bytes(decode_data_url(image)[1], size)
     if isinstance(image, (str, os.PathLike)):
         return _encode_bytes(_read_file(Path(image)), size)
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -168,24 +169,48 @@ def _short(path: Path) -> str:
     return repr(text) if len(text) <= 120 else repr(text[:60] + "…" + text[-20:])
 
 
-def _decode_data_url(url: str) -> bytes:
+def decode_data_url(
+    url: str, *, max_bytes: int = MAX_IMAGE_BYTES, image_only: bool = True
+) -> tuple[str, bytes]:
+    """``data:<mime>[;params];base64,<payload>`` → ``(mime, bytes)``: the package's one decoder.
+
+    Pure, caller's thread. Whitespace inside the payload (MIME-style line
+    wrapping) is ignored; anything else that is not base64 is refused. The
+    size is checked on the encoded length first, so an absurdly large string
+    is refused before anything is decoded.
+
+    Args:
+        max_bytes: largest decoded size accepted (default 25 MiB, the image limit).
+        image_only: refuse a MIME type outside ``image/*``.
+
+    Raises:
+        TypeError: ``url`` is not a str.
+        ValueError: not a base64 data URL, a non-image MIME type (with
+            ``image_only``), invalid base64, empty, or over ``max_bytes``.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"data URL must be a str, not {type(url).__name__}")
     match = _DATA_URL.match(url)
     if match is None:
         raise ValueError("image data URL must look like 'data:image/<type>;base64,<data>'")
-    if not match.group("mime").lower().startswith("image/"):
+    mime = match.group("mime").lower()
+    if image_only and not mime.startswith("image/"):
         raise ValueError(f"image data URL has a non-image MIME type {match.group('mime')!r}")
     payload = url[match.end():]
     # base64 grows data by 4/3: refuse before decoding anything absurdly large
-    if len(payload) > (MAX_IMAGE_BYTES // 3 + 1) * 4 + 4:
-        raise ValueError(_too_big(len(payload) * 3 // 4))
+    compact = "".join(payload.split())
+    if len(compact) > (max_bytes // 3 + 1) * 4 + 4:
+        raise ValueError(_too_big(len(compact) * 3 // 4, max_bytes))
     try:
         # line breaks inside the payload are common (MIME-style wrapping)
-        data = base64.b64decode("".join(payload.split()), validate=True)
+        data = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError("image data URL payload is not valid base64") from exc
     if not data:
         raise ValueError("image data URL is empty")
-    return data
+    if len(data) > max_bytes:
+        raise ValueError(_too_big(len(data), max_bytes))
+    return mime, data
 
 
 def _array_to_pil(array: np.ndarray[Any, Any]) -> Image.Image:
@@ -330,8 +355,8 @@ def _data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _too_big(length: int) -> str:
+def _too_big(length: int, limit: int = MAX_IMAGE_BYTES) -> str:
     return (
-        f"image is {length / 1048576:.1f} MiB; the limit is 25 MiB "
-        f"({MAX_IMAGE_BYTES} bytes)"
+        f"image is {length / 1048576:.1f} MiB; the limit is {limit / 1048576:g} MiB "
+        f"({limit} bytes)"
     )

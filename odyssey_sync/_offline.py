@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ._deadline import Deadline
+from ._deadline import Deadline, check_timeout
 from ._download import progress_bar
 from ._http import validate_id
-from ._rest import ApiClient
+from ._rest import ApiClient, check_page
 from ._scripts import build_simulation_body
 from .errors import (
     OdysseyConnectionError,
@@ -53,18 +54,36 @@ __all__ = ["OfflineMethods"]
 
 log = logging.getLogger("odyssey_sync.offline")
 
-#: Consecutive transient failures (network, 5xx) tolerated while polling a job.
+#: Consecutive transient failures (network, 5xx) tolerated while polling.
 _POLL_RETRIES = 3
 
+_T = TypeVar("_T")
 
-def _deadline(timeout: float | None) -> Deadline | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be seconds or None, not {type(timeout).__name__}")
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0 or None, not {timeout}")
-    return Deadline(float(timeout))
+
+def _deadline(timeout: Any) -> Deadline | None:
+    """A :class:`Deadline` for ``timeout`` (validated), or ``None`` for no limit."""
+    seconds = check_timeout(timeout)
+    return None if seconds is None else Deadline(seconds)
+
+
+def _check_poll_interval(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"poll_interval must be a number of seconds, not {type(value).__name__}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"poll_interval must be > 0 seconds, not {value!r}")
+    return float(value)
+
+
+def _check_progress(value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"progress must be a bool, not {type(value).__name__}")
+
+
+def _names_a_directory(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` ends with a path separator (``videos/``): a directory, existing or not."""
+    text = os.fspath(path)
+    seps = tuple(s for s in (os.sep, os.altsep, "/") if s)
+    return isinstance(text, str) and text.endswith(seps)
 
 
 class OfflineMethods:
@@ -108,9 +127,7 @@ class OfflineMethods:
         Raises:
             ValueError: empty/invalid ``stream_id`` or no API key.
             OdysseyNotFoundError: no such stream for this account.
-            OdysseyAuthError: the API key was refused.
-            OdysseyTimeoutError: no answer within ``timeout``.
-            OdysseyConnectionError: the service could not be reached.
+            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
         """
         validate_id(stream_id, "stream_id")
         self._require_api_key("get_recording()")
@@ -125,23 +142,86 @@ class OfflineMethods:
         Blocking, any thread.
 
         Args:
-            limit: page size (≥ 1), server default when ``None``.
-            offset: entries to skip (≥ 0).
+            limit: page size 1–100 (``MAX_LIST_LIMIT``), server default when ``None``.
+            offset: entries to skip, 0 to 2⁶³−1.
             timeout: overall seconds, or ``None``.
 
         Returns:
             :class:`StreamRecordingsList` (``recordings``, ``total``, ``limit``, ``offset``).
 
         Raises:
-            TypeError/ValueError: bad ``limit``/``offset`` or no API key.
-            OdysseyAuthError: the API key was refused.
-            OdysseyTimeoutError: no answer within ``timeout``.
-            OdysseyConnectionError: the service could not be reached.
+            TypeError/ValueError: bad ``limit``/``offset`` (the message names the
+                limit), bad ``timeout`` or no API key — before any request.
+            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
         """
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
-            raise TypeError("limit must be an int or None")
+        check_page(limit, offset)
+        deadline = _deadline(timeout)
         self._require_api_key("list_stream_recordings()")
-        return self._api.list_stream_recordings(limit, offset, deadline=_deadline(timeout))
+        return self._api.list_stream_recordings(limit, offset, deadline=deadline)
+
+    def wait_for_recording(
+        self,
+        stream_id: str,
+        *,
+        timeout: float | None = 600.0,
+        poll_interval: float = 1.0,
+    ) -> Recording:
+        """Block until a stream's recording has its video, and return it.
+
+        Right after ``end_stream()`` the service is still processing the
+        recording: :meth:`get_recording` then answers with ``video_url``
+        ``None``. This polls until the URL is there. Up to three consecutive
+        transient failures (network errors, 5xx) are retried; closing the
+        client interrupts the wait.
+
+        Blocking, any thread; needs only the API key, no connection.
+
+        Args:
+            stream_id: as returned by ``start_stream()`` / ``on_stream_started``.
+            timeout: seconds to wait in total (default 600), or ``None`` to
+                wait as long as it takes (each request still times out).
+            poll_interval: seconds between two requests (> 0).
+
+        Returns:
+            The :class:`Recording`, with ``video_url`` set (presigned, valid
+            for about 1 h).
+
+        Raises:
+            TypeError/ValueError: bad ``stream_id`` (empty, ``.``, ``..``),
+                ``timeout`` or ``poll_interval``, or no API key — before any request.
+            OdysseyNotFoundError: no such stream for this account, or the stream
+                ended without a single frame (so it has no video).
+            OdysseyTimeoutError: still no video after ``timeout``.
+            OdysseyConnectionError: after the retries, or the client was closed.
+            OdysseyAuthError.
+        """
+        validate_id(stream_id, "stream_id")
+        interval = _check_poll_interval(poll_interval)
+        deadline = _deadline(timeout)
+        self._require_api_key("wait_for_recording()")
+        return self._wait_for_video(stream_id, deadline, interval)
+
+    def _wait_for_video(
+        self, stream_id: str, deadline: Deadline | None, poll_interval: float
+    ) -> Recording:
+        def finished(rec: Recording) -> bool:
+            if not rec.video_url and rec.frame_count == 0 and not rec.duration_seconds:
+                # an ended stream without a single frame: no video will ever come
+                raise OdysseyNotFoundError(
+                    f"stream {stream_id} ended without any frame; it has no video",
+                    stream_id=stream_id,
+                )
+            return bool(rec.video_url)
+
+        return self._poll(
+            lambda d: self._api.get_recording(stream_id, deadline=d),
+            finished,
+            what=f"the recording of stream {stream_id}",
+            deadline=deadline,
+            poll_interval=poll_interval,
+            state=lambda rec: "ready" if rec.video_url else "processing",
+            ids={"stream_id": stream_id},
+        )
 
     def download_recording(
         self,
@@ -151,51 +231,63 @@ class OfflineMethods:
         progress: bool = True,
         timeout: float | None = 600.0,
     ) -> Path:
-        """Download a stream's MP4 to ``path``.
+        """Download a stream's MP4 to ``path``, waiting for processing if needed.
 
-        Blocking, any thread. The video goes to a temporary file beside the
-        target and is renamed into place only once complete, so ``path`` never
-        holds a partial video. A progress bar is drawn on stderr (tqdm) unless
+        Blocking, any thread. When the recording is still being processed
+        (right after ``end_stream()``) this waits for it first, as
+        :meth:`wait_for_recording` does, within the same ``timeout``. The
+        video goes to a temporary file beside the target and is renamed into
+        place only once complete, so ``path`` never holds a partial video.
+        The file is created like any other file of the program (the umask
+        applies). A progress bar is drawn on stderr (tqdm) unless
         ``progress=False``.
 
         Args:
             stream_id: the stream whose recording to fetch.
-            path: target file, or an existing directory (the file is then
-                ``<dir>/<stream_id>.mp4``). An existing file is replaced.
-            timeout: overall seconds for lookup and transfer (default 600), or
-                ``None`` for no overall limit (each read still times out after
-                the per-request timeout, so a stalled transfer fails).
+            path: target file; or a directory — an existing one, or any path
+                ending with a separator (``"videos/"``, created if its parent
+                exists) — in which case the file is ``<dir>/<stream_id>.mp4``.
+                An existing file is replaced.
+            timeout: overall seconds for waiting, lookup and transfer (default
+                600), or ``None`` for no overall limit (each read still times
+                out after the per-request timeout, so a stalled transfer fails).
 
         Returns:
             The path written.
 
         Raises:
-            ValueError: bad ``stream_id``, missing parent directory, no API key.
-            OdysseyNotFoundError: unknown stream, or its video is not ready yet.
-            OdysseyTimeoutError: not finished within ``timeout``.
-            OdysseyConnectionError: the service could not be reached, or the body
-                was truncated.
+            TypeError/ValueError: bad ``stream_id`` (empty, ``.``, ``..``),
+                ``timeout`` or ``path``, missing parent directory, no API key —
+                before any request.
+            OdysseyNotFoundError: unknown stream.
+            OdysseyTimeoutError: the video was not ready, or not downloaded,
+                within ``timeout``.
+            OdysseyConnectionError (also on a truncated body).
         """
         validate_id(stream_id, "stream_id")
+        _check_progress(progress)
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
         target = Path(path)
-        if target.is_dir():
-            if any(sep in stream_id for sep in ("/", "\\", os.sep)) or stream_id in (".", ".."):
+        make_dir = False
+        if target.is_dir() or _names_a_directory(path):
+            if any(sep in stream_id for sep in ("/", "\\", os.sep)):
                 raise ValueError(
                     f"stream_id {stream_id!r} cannot be used as a file name; pass a file path"
                 )
+            if target.exists() and not target.is_dir():
+                raise ValueError(f"{os.fspath(path)!r} ends with a separator but is a file")
+            make_dir = not target.is_dir()
             target = target / f"{stream_id}.mp4"
-        if not target.parent.is_dir():
-            raise ValueError(f"directory does not exist: {target.parent}")
-        self._require_api_key("download_recording()")
+        if not target.parent.is_dir() and not (make_dir and target.parent.parent.is_dir()):
+            missing = target.parent if not make_dir else target.parent.parent
+            raise ValueError(f"directory does not exist: {missing}")
         deadline = _deadline(timeout)
-        recording = self._api.get_recording(stream_id, deadline=deadline)
-        if not recording.video_url:
-            raise OdysseyNotFoundError(
-                f"recording of stream {stream_id} has no video yet; try again shortly",
-                stream_id=stream_id,
-            )
+        self._require_api_key("download_recording()")
+        recording = self._wait_for_video(stream_id, deadline, 1.0)
+        assert recording.video_url is not None  # _wait_for_video returns only then
+        if make_dir:
+            target.parent.mkdir(exist_ok=True)
         return self._api.download(
             recording.video_url, target, progress=progress, deadline=deadline,
             description=f"{stream_id}.mp4",
@@ -238,20 +330,22 @@ class OfflineMethods:
 
         Raises:
             TypeError/ValueError: bad script (the message names the entry, e.g.
-                ``script[2]: entry has both 'interact' and 'end'``), no API key.
+                ``script[2]: entry has both 'interact' and 'end'``), a documented
+                limit exceeded (prompt length ``MAX_PROMPT_CHARS``, script length
+                ``MAX_SCRIPT_MS``, batch size ``MAX_SCRIPTS_PER_BATCH``; the
+                message names it), bad ``timeout``, no API key.
             OdysseyPermissionError: ``bypass_prompt_expansion`` without the privilege.
             OdysseyRequestError: the service refused the script.
             OdysseyUsageError: an account limit (429).
-            OdysseyAuthError: the API key was refused.
-            OdysseyTimeoutError: no answer within ``timeout``.
-            OdysseyConnectionError: the service could not be reached.
+            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
         """
+        deadline = _deadline(timeout)
         body = build_simulation_body(
             script=script, scripts=scripts, script_url=script_url, portrait=portrait,
             bypass_prompt_expansion=bypass_prompt_expansion,
         )
         self._require_api_key("simulate()")
-        return self._api.submit_simulation(body, deadline=_deadline(timeout))
+        return self._api.submit_simulation(body, deadline=deadline)
 
     def get_simulate_status(
         self, job_id: str, *, timeout: float | None = None
@@ -263,10 +357,8 @@ class OfflineMethods:
 
         Raises:
             ValueError: bad ``job_id`` or no API key.
-            OdysseyNotFoundError: no such job (404).
-            OdysseyPermissionError: another account's job (403).
-            OdysseyTimeoutError: no answer within ``timeout``.
-            OdysseyConnectionError: the service could not be reached.
+            OdysseyNotFoundError (404), OdysseyPermissionError (403, another
+            account's job), OdysseyTimeoutError, OdysseyConnectionError.
         """
         validate_id(job_id, "job_id")
         self._require_api_key("get_simulate_status()")
@@ -289,20 +381,20 @@ class OfflineMethods:
             status: only jobs in this status.
             active: ``True`` only pending/dispatched/processing jobs, ``False``
                 only finished ones.
-            limit: page size 1–100 (server default 20). offset: ≥ 0.
+            limit: page size 1–100 (``MAX_LIST_LIMIT``; server default 20).
+            offset: entries to skip, 0 to 2⁶³−1.
             timeout: overall seconds, or ``None``.
 
         Raises:
-            TypeError/ValueError: out-of-range or mistyped filters, no API key
-                (checked before any request).
-            OdysseyAuthError: the API key was refused.
-            OdysseyTimeoutError: no answer within ``timeout``.
-            OdysseyConnectionError: the service could not be reached.
+            TypeError/ValueError: out-of-range or mistyped filters (the message
+                names the limit), bad ``timeout``, no API key — before any request.
+            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
         """
+        check_page(limit, offset)
+        deadline = _deadline(timeout)
         self._require_api_key("list_simulations()")
         return self._api.list_simulations(
-            status=status, active=active, limit=limit, offset=offset,
-            deadline=_deadline(timeout),
+            status=status, active=active, limit=limit, offset=offset, deadline=deadline,
         )
 
     def cancel_simulation(self, job_id: str, *, timeout: float | None = None) -> SimulationJobInfo:
@@ -317,10 +409,8 @@ class OfflineMethods:
             ValueError: bad ``job_id`` or no API key.
             OdysseyRequestError: the job can no longer be cancelled (400; the
                 message carries the service's reason).
-            OdysseyNotFoundError: no such job.
-            OdysseyPermissionError: another account's job.
-            OdysseyTimeoutError: no answer within ``timeout``.
-            OdysseyConnectionError: the service could not be reached.
+            OdysseyNotFoundError, OdysseyPermissionError, OdysseyTimeoutError,
+            OdysseyConnectionError.
         """
         validate_id(job_id, "job_id")
         self._require_api_key("cancel_simulation()")
@@ -357,66 +447,94 @@ class OfflineMethods:
                 (``reason="simulation_cancelled"``).
             OdysseyTimeoutError: still not finished after ``timeout``.
             ValueError: bad arguments or no API key.
-            OdysseyNotFoundError: no such job (as for :meth:`get_simulate_status`).
-            OdysseyPermissionError: another account's job.
-            OdysseyAuthError: the API key was refused.
-            OdysseyConnectionError: the service could not be reached (after the
-                retries).
+            OdysseyNotFoundError, OdysseyPermissionError, OdysseyAuthError,
+            OdysseyConnectionError (after the retries), as for
+            :meth:`get_simulate_status`.
         """
         validate_id(job_id, "job_id")
-        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)):
-            raise TypeError("poll_interval must be a number of seconds")
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0, not {poll_interval}")
-        self._require_api_key("wait_for_simulation()")
+        _check_progress(progress)
+        interval = _check_poll_interval(poll_interval)
         deadline = _deadline(timeout)
-        failures = 0
-        shown: str | None = None
+        self._require_api_key("wait_for_simulation()")
         with progress_bar(
             total=None, desc=f"simulation {job_id}", bar_format="{desc}{postfix} [{elapsed}]",
             disable=not progress, file=sys.stderr, leave=False,
         ) as bar:
-            while True:
-                try:
-                    job = self._api.get_simulation(job_id, deadline=deadline)
-                    failures = 0
-                except (OdysseyConnectionError, OdysseyTimeoutError) as exc:
-                    if deadline is not None and deadline.expired:
-                        raise OdysseyTimeoutError(
-                            f"simulation {job_id} did not finish within {timeout:g} s "
-                            f"(last status: {shown or 'unknown'})"
-                        ) from exc
-                    failures += 1
-                    if failures > _POLL_RETRIES:
-                        raise
-                    log.debug("polling %s failed (%d/%d): %s", job_id, failures, _POLL_RETRIES, exc)
-                    job = None
-                if job is not None:
-                    status = job.status.value
-                    if status != shown:
-                        bar.set_postfix_str(status)
-                        shown = status
-                    if status == SimulationJobStatus.COMPLETED.value:
-                        return job
-                    if status == SimulationJobStatus.FAILED.value:
-                        raise OdysseyStreamError(
-                            f"simulation {job_id} failed: {job.error_message or 'no reason given'}",
-                            reason="simulation_failed",
-                        )
-                    if status == SimulationJobStatus.CANCELLED.value:
-                        raise OdysseyStreamError(
-                            f"simulation {job_id} was cancelled", reason="simulation_cancelled"
-                        )
-                pause = poll_interval if deadline is None else deadline.clamp(poll_interval)
+
+            def finished(job: SimulationJobDetail) -> bool:
+                bar.set_postfix_str(job.status.value, refresh=False)
+                if job.status == SimulationJobStatus.FAILED:
+                    raise OdysseyStreamError(
+                        f"simulation {job_id} failed: {job.error_message or 'no reason given'}",
+                        reason="simulation_failed",
+                    )
+                if job.status == SimulationJobStatus.CANCELLED:
+                    raise OdysseyStreamError(
+                        f"simulation {job_id} was cancelled", reason="simulation_cancelled"
+                    )
+                return job.status == SimulationJobStatus.COMPLETED
+
+            return self._poll(
+                lambda d: self._api.get_simulation(job_id, deadline=d),
+                finished,
+                what=f"simulation {job_id}",
+                deadline=deadline,
+                poll_interval=interval,
+                state=lambda job: job.status.value,
+                ids={},
+            )
+
+    def _poll(
+        self,
+        fetch: Callable[[Deadline | None], _T],
+        finished: Callable[[_T], bool],
+        *,
+        what: str,
+        deadline: Deadline | None,
+        poll_interval: float,
+        state: Callable[[_T], str],
+        ids: dict[str, Any],
+    ) -> _T:
+        """Call ``fetch`` every ``poll_interval`` s until ``finished(result)``; return it.
+
+        Blocking. Tolerates :data:`_POLL_RETRIES` consecutive transient
+        failures; closing the client interrupts the wait.
+
+        Raises:
+            OdysseyTimeoutError: ``deadline`` passed (the message names ``what``
+                and the last state seen).
+            OdysseyConnectionError: the client was closed, or too many failures.
+            Whatever ``fetch`` / ``finished`` raise otherwise.
+        """
+        failures = 0
+        shown = "unknown"
+
+        def expired() -> OdysseyTimeoutError:
+            limit = deadline.timeout if deadline is not None else 0.0
+            return OdysseyTimeoutError(
+                f"{what} did not finish within {limit:g} s (last status: {shown})", **ids
+            )
+
+        while True:
+            try:
+                result = fetch(deadline)
+            except (OdysseyConnectionError, OdysseyTimeoutError) as exc:
                 if deadline is not None and deadline.expired:
-                    raise OdysseyTimeoutError(
-                        f"simulation {job_id} did not finish within {timeout:g} s "
-                        f"(last status: {shown or 'unknown'})"
-                    )
-                if self._api.wait_closed(pause or 0.0):
-                    raise OdysseyConnectionError(
-                        f"client closed while waiting for simulation {job_id}"
-                    )
+                    raise expired() from exc
+                failures += 1
+                if failures > _POLL_RETRIES:
+                    raise
+                log.debug("polling %s failed (%d/%d): %s", what, failures, _POLL_RETRIES, exc)
+            else:
+                failures = 0
+                shown = state(result)
+                if finished(result):
+                    return result
+            if deadline is not None and deadline.expired:
+                raise expired()
+            pause = poll_interval if deadline is None else deadline.clamp(poll_interval)
+            if self._api.wait_closed(pause or 0.0):
+                raise OdysseyConnectionError(f"client closed while waiting for {what}", **ids)
 
     # ------------------------------------------------------------------ credentials
 
@@ -443,11 +561,9 @@ class OfflineMethods:
 
         Raises:
             ValueError: no API key.
-            OdysseyAuthError: key refused.
-            OdysseyUsageError: account limits.
+            OdysseyAuthError: key refused. OdysseyUsageError: account limits.
             OdysseyQueueTimeoutError: no streamer freed up within ``queue_timeout``.
-            OdysseyTimeoutError: no answer within ``timeout``.
-            OdysseyConnectionError: the service could not be reached.
+            OdysseyTimeoutError, OdysseyConnectionError.
         """
         self._require_api_key("create_client_credentials()")
         queue = self._default_queue_timeout() if queue_timeout is None else queue_timeout

@@ -36,6 +36,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .config import MAX_PROMPT_CHARS
 from .types import BroadcastInfo, ConnectionStatus
 
 __all__ = [
@@ -63,8 +64,6 @@ __all__ = [
 
 log = logging.getLogger("odyssey_sync.protocol")
 
-#: longest prompt accepted locally (characters); longer ones raise ValueError
-MAX_PROMPT_CHARS = 10_000
 
 ReplyKind = Literal["start", "interact", "end"]
 

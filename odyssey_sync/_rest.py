@@ -1,14 +1,15 @@
 """The REST resources of the Odyssey API (PROTOCOL §3), over :mod:`odyssey_sync._http`.
 
 :class:`ApiClient` holds the account side of the SDK: the bearer token for
-the API key, region latencies, streamer allocation (with the 503 queue), the
-signaling token, recordings and their downloads, simulation jobs, the
-client's ICE configuration and telemetry. It sends every request through its
+the API key, recordings, simulation jobs and the client's ICE configuration
+here; streamer allocation (regions, the 503 queue, the signaling token) in
+:mod:`odyssey_sync._allocation`, downloads in :mod:`odyssey_sync._download`
+and telemetry in :mod:`odyssey_sync._telemetry`, all reached through its
+methods. It sends every request through its
 :class:`~odyssey_sync._http.HttpClient`, where transport failures and HTTP
 statuses become :mod:`odyssey_sync.errors` (the mapping table is there); this
 module adds what is specific to the API: a 401 on an authenticated call
-refreshes the bearer token and retries once, a 503 on
-``/sessions/request`` queues (polling, honouring ``Retry-After``).
+refreshes the bearer token and retries once (PROTOCOL §15.22).
 
 All calls block on the caller's thread (no event loop). Every request carries
 an explicit timeout: the client's per-request ``timeout``, clamped to the
@@ -158,6 +159,7 @@ class ApiClient:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._closed.is_set()
 
     def __repr__(self) -> str:
@@ -243,6 +245,7 @@ class ApiClient:
         with self._token_lock:
             if self._token == token:
                 self._token = None
+
     # ------------------------------------------------------------------ sessions
 
     def region_latencies(
@@ -431,6 +434,7 @@ class ApiClient:
     # ------------------------------------------------------------------ the boundary
 
     def require_key(self, doing: str) -> str:
+        """The API key; ``ValueError`` naming ``doing`` when none was given (no request)."""
         if self._api_key is None:
             raise ValueError(f"an API key is required for {doing}; pass api_key=...")
         return self._api_key
@@ -511,6 +515,7 @@ class ApiClient:
         self, parser: Callable[[dict[str, Any]], T], body: dict[str, Any], what: str,
         **ids: Any,
     ) -> T:
+        """``parser(body)``; a malformed body is an :class:`OdysseyConnectionError`."""
         try:
             return parser(body)
         except (ValueError, TypeError, KeyError) as exc:
@@ -518,6 +523,7 @@ class ApiClient:
 
 
 # ---------------------------------------------------------------------- helpers
+
 
 def _status_value(status: Any) -> str:
     if isinstance(status, SimulationJobStatus):

@@ -172,7 +172,7 @@ class Resumer:
 
     def _lead(self, limit: float) -> float:
         lead = self._cfg.handover_lead
-        return lead if lead is not None else min(10.0, 0.4 * limit)
+        return lead if lead is not None else min(10.0, 0.5 * limit)
 
     def _due(self) -> str | None:
         """What is due now: a planned handover, a stall (queued as a loss), or nothing."""
@@ -207,8 +207,8 @@ class Resumer:
         assert old is not None
         request = s.stream
         log.info("%s: handing the session over to a new connection (%s)", s.name, reason)
-        image = self._next_image(request, old) if request is not None else None
-        new = self._open(Deadline(self._cfg.resume_timeout))
+        # No queueing: a second session that is not free now means fall back.
+        new = self._open(Deadline(self._cfg.resume_timeout), queue_timeout=0.0)
         if isinstance(new, BaseException):
             if self._stopping:
                 return
@@ -226,6 +226,8 @@ class Resumer:
             return
         self._switch.clear()
         s.feed.expect(new)
+        # As late as possible: the old stream runs on while the new one starts.
+        image = self._next_image(request, old)
         try:
             self._start_next(new, request, image)
         except OdysseyError as exc:
@@ -279,7 +281,7 @@ class Resumer:
             with self._cond:
                 if self._cond.wait_for(lambda: self._stopping, delay):
                     return
-        s.feed.activate(new)
+        s.feed.activate(new, announce=True)
         with s.lock:
             s.conn = new
         self._switch.clear()
@@ -290,6 +292,9 @@ class Resumer:
                 # The new connection is up but the stream would not start: try again.
                 self._schedule(new, f"the next stream did not start: {exc}")
                 return
+            with s.lock:
+                s.want_stream = new.stream_id  # pullers wait for the new stream's frames
+                s.changed.notify_all()
         kind = "planned" if planned else "unplanned"
         self._count(**{kind: getattr(self.stats(), kind) + 1}, last_reason=reason)
         if request is not None:
@@ -309,7 +314,9 @@ class Resumer:
         s.close_in_background(err)
 
     # --------------------------------------------------------------- helpers
-    def _open(self, deadline: Deadline) -> Connection | OdysseyError:
+    def _open(
+        self, deadline: Deadline, *, queue_timeout: float | None = None
+    ) -> Connection | OdysseyError:
         """A new connected connection, or the error that prevented it."""
         new = self._s.new_connection()
         with self._cond:
@@ -317,7 +324,7 @@ class Resumer:
                 return OdysseyConnectionError("disconnecting")
             self._successor = new
         try:
-            new.open(deadline)
+            new.open(deadline, queue_timeout=queue_timeout)
         except OdysseyError as exc:
             self._release(new)
             return exc

@@ -41,6 +41,7 @@ from .errors import OdysseyConnectionError
 __all__ = [
     "DATA_CHANNEL_FALLBACK_BYTES",
     "PeerEvents",
+    "RTCPeerConnection",
     "RtcPeer",
     "WhepPeer",
     "ice_servers_from_config",
@@ -82,31 +83,16 @@ class PeerEvents(Protocol):
         """A video frame was published in the ring with sequence number ``seq``."""
 
 
-def ice_servers_from_config(entries: list[dict[str, Any]]) -> list[RTCIceServer]:
-    """``/config`` ``iceServers`` entries → aiortc servers, TURN credentials kept.
+def ice_servers_from_config(servers: list[dict[str, Any]]) -> list[RTCIceServer]:
+    """Parsed ICE servers (``_whep.parse_ice_servers``) → aiortc's objects.
 
-    Entries without usable ``urls`` are skipped. An empty result means "no
-    STUN/TURN at all" (host candidates only) — never a public fallback (§15.8).
+    TURN credentials are kept. An empty list means "no STUN/TURN at all"
+    (host candidates only) — never a public fallback (§15.8).
     """
-    servers: list[RTCIceServer] = []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        urls = entry.get("urls", entry.get("url"))
-        if isinstance(urls, str):
-            urls = [urls]
-        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-            continue
-        username = entry.get("username")
-        credential = entry.get("credential")
-        servers.append(
-            RTCIceServer(
-                urls=urls,
-                username=username if isinstance(username, str) else None,
-                credential=credential if isinstance(credential, str) else None,
-            )
-        )
-    return servers
+    return [
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in servers
+    ]
 
 
 def max_message_size_from_sdp(sdp: str) -> int:

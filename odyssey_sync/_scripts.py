@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._images import encode_image
+from .config import MAX_PROMPT_CHARS, MAX_SCRIPT_MS, MAX_SCRIPTS_PER_BATCH
 
 __all__ = [
     "ACTIONS",
@@ -46,7 +47,9 @@ def validate_script(
     (``bool`` refused) and exactly one of ``start`` / ``interact`` / ``end``,
     and no other key; the first entry is ``start`` at ``timestamp_ms`` 0 and is
     the only ``start``; the last is ``end`` (value ``{}``, after 0) and the only
-    ``end``; timestamps never decrease; prompts are non-empty strings.
+    ``end``; timestamps never decrease and stay within ``MAX_SCRIPT_MS``
+    (10 min); prompts are non-empty strings of at most ``MAX_PROMPT_CHARS``
+    characters (limits in :mod:`odyssey_sync.config`).
     ``start`` may carry ``image`` (any input :func:`~odyssey_sync._images.encode_image`
     accepts, or ``None``), which is encoded for the ``portrait`` orientation.
     Interactions closer than 3000 ms to the previous action only warn
@@ -128,7 +131,8 @@ def build_simulation_body(
     Non-blocking apart from image encoding (CPU only); runs on the calling thread.
 
     Exactly one of ``script`` (one script), ``scripts`` (a non-empty batch of
-    scripts, one output stream each) and ``script_url`` (an ``http(s)`` URL
+    scripts, one output stream each, at most ``MAX_SCRIPTS_PER_BATCH``) and
+    ``script_url`` (an ``http(s)`` URL
     of a JSON script, fetched by the service) must be given (not ``None``).
 
     Returns:
@@ -156,6 +160,11 @@ def build_simulation_body(
             raise TypeError(f"scripts must be a list of scripts, not {type(scripts).__name__}")
         if not scripts:
             raise ValueError("scripts is empty; pass at least one script")
+        if len(scripts) > MAX_SCRIPTS_PER_BATCH:
+            raise ValueError(
+                f"scripts holds {len(scripts)} scripts, over the limit "
+                f"MAX_SCRIPTS_PER_BATCH = {MAX_SCRIPTS_PER_BATCH} per job; split the batch"
+            )
         body["scripts"] = [validate_script(s, portrait=portrait, index=i)
                            for i, s in enumerate(scripts)]
     else:
@@ -184,6 +193,11 @@ def _entry_parts(entry: Any, where: str) -> tuple[int, str, Any]:
         raise TypeError(f"{where}: 'timestamp_ms' must be an int, not {type(ts).__name__}")
     if ts < 0:
         raise ValueError(f"{where}: 'timestamp_ms' must be >= 0, not {ts}")
+    if ts > MAX_SCRIPT_MS:
+        raise ValueError(
+            f"{where}: 'timestamp_ms' {ts} exceeds the longest script, "
+            f"MAX_SCRIPT_MS = {MAX_SCRIPT_MS} ms ({MAX_SCRIPT_MS // 60_000} min)"
+        )
     actions = [a for a in ACTIONS if a in entry]
     if not actions:
         raise ValueError(f"{where}: entry has no action (one of 'start', 'interact', 'end')")
@@ -210,6 +224,11 @@ def _action_value(action: str, value: Any, where: str, portrait: bool) -> dict[s
         raise TypeError(f"{where}: {action}.prompt must be a str, not {type(prompt).__name__}")
     if not prompt.strip():
         raise ValueError(f"{where}: {action}.prompt must not be empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"{where}: {action}.prompt is {len(prompt)} characters, over the limit "
+            f"MAX_PROMPT_CHARS = {MAX_PROMPT_CHARS}"
+        )
     out: dict[str, Any] = {"prompt": prompt}
     image = value.get("image")
     if action == "start" and image is not None:

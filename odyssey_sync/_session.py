@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ._connection import Connection
 from ._deadline import Deadline
 from ._dispatch import Dispatcher
+from ._feed import FrameFeed
 from ._protocol import (
     BroadcastMalformed,
     BroadcastReady,
@@ -37,14 +37,13 @@ from ._protocol import (
     transition_allowed,
     update_message,
 )
-from ._rtc import FrameSink
+from ._telemetry import error_event, error_text
 from .config import ClientConfig
 from .errors import (
     OdysseyConnectionError,
     OdysseyError,
     OdysseyStreamError,
     OdysseyTimeoutError,
-    OdysseyUsageError,
 )
 from .types import BroadcastInfo, ClientCredentials, ClientStats, ConnectionStatus
 
@@ -53,7 +52,7 @@ if TYPE_CHECKING:
     from ._rest import ApiClient
     from ._resume import Resumer
 
-__all__ = ["FrameFeed", "Handlers", "Session", "StreamRequest", "error_text"]
+__all__ = ["Handlers", "Session", "StreamRequest"]
 
 log = logging.getLogger("odyssey_sync.session")
 
@@ -97,69 +96,6 @@ class StreamRequest:
     bypass_prompt_expansion: bool | None
 
 
-class FrameFeed:
-    """The door between connections' track readers and the session's ring.
-
-    Only the *active* connection's frames are written. A connection set with
-    :meth:`expect` becomes active at its first frame of a started stream
-    (``on_switch`` is then called, on that connection's loop thread, with the
-    gap since the previous connection's last frame); frames of any other
-    connection are discarded. Writes are serialised by a lock, so two loop
-    threads never write the ring at once.
-    """
-
-    def __init__(self, ring: FrameRing, on_switch: Callable[[Connection, float], None]) -> None:
-        self._ring = ring
-        self._on_switch = on_switch
-        self._lock = threading.Lock()
-        self._active: Connection | None = None
-        self._pending: Connection | None = None
-        self._last_write = 0.0
-
-    @property
-    def ring(self) -> FrameRing:
-        return self._ring
-
-    def activate(self, conn: Connection) -> None:
-        """Admit ``conn``'s frames from now on (and nobody else's)."""
-        with self._lock:
-            self._active, self._pending = conn, None
-
-    def expect(self, conn: Connection | None) -> None:
-        """Switch to ``conn`` at its first frame of a started stream (``None``: cancel)."""
-        with self._lock:
-            self._pending = conn
-
-    def sink(self, conn: Connection) -> FrameSink:
-        """The ``FrameSink`` handed to ``conn``'s peer."""
-        return _ConnectionSink(self, conn)
-
-    def write(self, conn: Connection, frame: Any) -> int | None:
-        switched = False
-        with self._lock:
-            if conn is not self._active:
-                if conn is not self._pending or conn.stream_id is None:
-                    return None
-                self._active, self._pending, switched = conn, None, True
-            now = time.monotonic()
-            gap = now - self._last_write if self._last_write else 0.0
-            seq = self._ring.write(frame, stream_id=conn.stream_id)
-            self._last_write = now
-        if switched:
-            self._on_switch(conn, gap)
-        return seq
-
-
-class _ConnectionSink:
-    __slots__ = ("_conn", "_feed")
-
-    def __init__(self, feed: FrameFeed, conn: Connection) -> None:
-        self._feed, self._conn = feed, conn
-
-    def write(self, frame: Any) -> int | None:
-        return self._feed.write(self._conn, frame)
-
-
 class Session:
     """One logical session: status, ring, dispatcher, streams, and its connection(s).
 
@@ -190,7 +126,7 @@ class Session:
             max_events=config.event_queue_size,
             share_worker=config.callback_workers == 1,
         )
-        self.feed = FrameFeed(ring, self._switched)
+        self.feed = FrameFeed(ring, self._switched, lambda: self.stream is not None)
         self.conn: Connection | None = None
         self.connected = False
         self.closing = False
@@ -438,6 +374,8 @@ class Session:
             else:
                 self.set_status(ConnectionStatus.FAILED, error_text(exc))
                 self.post(self.handlers.on_error, exc, True, name="on_error")
+        if not clean:
+            self.api.telemetry(error_event(exc, conn.session_id, None))
         self.close_in_background(exc)
 
     def _switched(self, conn: Connection, gap: float) -> None:
@@ -561,15 +499,6 @@ class Session:
         self.teardown_thread = thread
         thread.start()
         return thread
-
-
-def error_text(err: BaseException) -> str:
-    """A one-line description of ``err`` for status messages."""
-    if isinstance(err, OdysseyUsageError):
-        return f"{err.code}: {err.message}"
-    if isinstance(err, OdysseyError):
-        return err.message or type(err).__name__
-    return str(err) or type(err).__name__
 
 
 def _step(deadline: Deadline, cap: float = 5.0) -> float:

@@ -18,8 +18,22 @@ from typing import Any
 
 from ._http import HttpClient
 from ._version import __version__
+from .errors import (
+    OdysseyAuthError,
+    OdysseyConnectionError,
+    OdysseyError,
+    OdysseyStreamError,
+    OdysseyUsageError,
+)
+from .types import ConnectionStatus
 
-__all__ = ["TELEMETRY_MAX_IN_FLIGHT", "TELEMETRY_TIMEOUT", "TelemetrySender"]
+__all__ = [
+    "TELEMETRY_MAX_IN_FLIGHT",
+    "TELEMETRY_TIMEOUT",
+    "TelemetrySender",
+    "error_event",
+    "error_text",
+]
 
 log = logging.getLogger("odyssey_sync.telemetry")
 
@@ -112,3 +126,38 @@ class TelemetrySender:
         end = time.monotonic() + timeout
         for t in senders:
             t.join(max(0.0, end - time.monotonic()))
+
+
+def error_event(
+    err: OdysseyError, session_id: str | None, status: ConnectionStatus | None
+) -> dict[str, Any]:
+    """The telemetry event describing ``err`` (kind, message, code; never a secret)."""
+    if isinstance(err, OdysseyAuthError):
+        kind = "auth"
+    elif isinstance(err, OdysseyUsageError):
+        kind = "usage"
+    elif isinstance(err, OdysseyStreamError):
+        kind = "stream"
+    elif isinstance(err, OdysseyConnectionError):
+        kind = "connection"
+    else:
+        kind = "unknown"
+    event: dict[str, Any] = {"error_type": kind, "error_message": error_text(err)}
+    if session_id:
+        event["session_id"] = session_id
+    if isinstance(err, OdysseyUsageError):
+        event["error_code"] = err.code
+    if status is not None:
+        event["connection_status"] = status.value
+    return event
+
+
+def error_text(err: BaseException) -> str:
+    """A one-line description of ``err`` for status messages and events."""
+    from .errors import OdysseyError, OdysseyUsageError
+
+    if isinstance(err, OdysseyUsageError):
+        return f"{err.code}: {err.message}"
+    if isinstance(err, OdysseyError):
+        return err.message or type(err).__name__
+    return str(err) or type(err).__name__

@@ -54,7 +54,8 @@ from . import _lifecycle
 from ._deadline import DEFAULT, Deadline, Timeout, check_timeout, resolve_timeout
 from ._offline import OfflineMethods
 from ._protocol import MAX_PROMPT_CHARS, check_bool, check_prompt
-from ._session import Handlers, Session, StreamRequest, error_text
+from ._session import Handlers, Session, StreamRequest
+from ._telemetry import error_event, error_text
 from .config import ClientConfig
 from .errors import (
     OdysseyAuthError,
@@ -62,7 +63,6 @@ from .errors import (
     OdysseyError,
     OdysseyStreamError,
     OdysseyTimeoutError,
-    OdysseyUsageError,
 )
 from .types import BroadcastInfo, ClientCredentials, ClientStats, ConnectionStatus
 
@@ -382,7 +382,7 @@ class Odyssey(OfflineMethods):
                 if isinstance(err, Exception):
                     session.post(session.handlers.on_error, err, True, name="on_error")
         if not aborted and isinstance(err, OdysseyError):
-            self._api.telemetry(_error_event(err, session.session_id, ConnectionStatus.FAILED))
+            self._api.telemetry(error_event(err, session.session_id, ConnectionStatus.FAILED))
         session.close(Deadline(10.0), OdysseyConnectionError("connect() failed"), cancel=False)
 
     # -------------------------------------------------------------- teardown
@@ -649,26 +649,3 @@ def _as_connect_error(exc: BaseException) -> BaseException:
     if isinstance(exc, (OdysseyError, TypeError, ValueError)) or not isinstance(exc, Exception):
         return exc
     return OdysseyConnectionError(f"connect failed: {type(exc).__name__}: {exc}")
-
-
-def _error_event(
-    err: OdysseyError, session_id: str | None, status: ConnectionStatus | None
-) -> dict[str, Any]:
-    if isinstance(err, OdysseyAuthError):
-        kind = "auth"
-    elif isinstance(err, OdysseyUsageError):
-        kind = "usage"
-    elif isinstance(err, OdysseyStreamError):
-        kind = "stream"
-    elif isinstance(err, OdysseyConnectionError):
-        kind = "connection"
-    else:
-        kind = "unknown"
-    event: dict[str, Any] = {"error_type": kind, "error_message": error_text(err)}
-    if session_id:
-        event["session_id"] = session_id
-    if isinstance(err, OdysseyUsageError):
-        event["error_code"] = err.code
-    if status is not None:
-        event["connection_status"] = status.value
-    return event

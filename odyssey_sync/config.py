@@ -88,7 +88,7 @@ class ClientConfig:
         connection_limit: the service's per-connection limit in seconds
             (3600); ``None``: no planned connection handover.
         handover_lead: how long before a limit the handover starts (default:
-            40 % of the limit, at most 10 s).
+            half the limit, at most 10 s).
         stall_timeout: with ``resume``, a running stream that delivers no
             frame for this long is recovered as lost.
         resume_timeout: budget of one recovery (reconnecting with backoff).

@@ -1,136 +1,244 @@
 """``odyssey-sync demo``: stream a prompt, interact, save an MP4 and a contact sheet.
 
-:func:`run_demo` is the whole demo. With no API URL/key given (and none in
-``ODYSSEY_API_URL`` / ``ODYSSEY_API_KEY``) it starts the embedded local server
-at 640×352, so it works offline; otherwise it talks to the service you point
-it at. The received frames are encoded by a *writer thread* that pulls them
-with :meth:`Odyssey.frames` (never inside a callback, never on the network
-thread), and a contact sheet of a dozen moments is saved next to the video.
+:func:`run_demo` is the whole demo. With no API URL given (``--api-url`` or
+``ODYSSEY_API_URL``) it starts the embedded local server at 640×352 in a
+temporary data directory, so it works offline; with a URL and a key it talks
+to that service; a URL without a key is refused (it never falls back to the
+embedded server silently).
+
+Frames are pulled by a recording thread (:class:`~odyssey_sync.cli.media.FrameRecorder`,
+never inside a callback, never on the network thread) and encoded with the
+command line's MP4 writer. The contact sheet samples the stream evenly from
+its first frame to its last, with at least one tile after each interaction,
+each tile labelled with its time and the prompt in effect.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from fractions import Fraction
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cli.media import FrameRecorder, Mp4Writer
 from .client import Odyssey
-from .errors import OdysseyError
+from .types import ConnectionStatus
 
-__all__ = ["DEMO_INTERACTIONS", "run_demo"]
+__all__ = ["DEMO_INTERACTIONS", "STAMP_EXPLANATION", "DemoReport", "run_demo"]
 
-#: what the demo asks for after the first quarter of the run, one by one
+#: what the demo asks for, spread evenly over the run
 DEMO_INTERACTIONS = (
     "A gust of wind sweeps through",
     "The sun begins to set",
     "Night falls and stars appear",
 )
+#: printed when the video comes from the embedded server
+STAMP_EXPLANATION = (
+    "the band of grey blocks near the top-left corner of each frame is the local "
+    "server's machine-readable frame stamp (frame number and send time), which the demo "
+    "reads to measure latency; video from the hosted service has no such band"
+)
 _SHEET_TILES = 12
 _SHEET_COLUMNS = 4
 _TILE_WIDTH = 320
+_EMBEDDED_SIZE = (640, 352)
+#: seconds after start_stream returned to stop looking for the stamps' restart
+_RESTART_WAIT = 1.0
 
 
-class _Recorder:
-    """Writer thread: pulls frames from the client and encodes them to MP4."""
+@dataclass
+class DemoReport:
+    """What one demo run produced and measured (the ``--json`` result)."""
 
-    def __init__(self, client: Odyssey, path: Path, *, stamped: bool) -> None:
-        self._client = client
-        self._path = path
-        self._stamped = stamped
-        self._stop = threading.Event()
-        self.frames = 0
+    server: str  #: "embedded" or the API URL used
+    data_dir: str | None  #: the embedded server's data directory (removed at the end)
+    stream_id: str
+    interactions: list[str]  #: the prompts the streamer acknowledged
+    connect_seconds: float
+    frames_received: int
+    frames_written: int
+    frames_dropped: int
+    fps: float
+    convert_us_p50: float
+    convert_us_p99: float
+    latency_ms_p50: float | None  #: server send → client frame (embedded server only)
+    latency_ms_p99: float | None
+    video: str | None
+    contact_sheet: str | None
+    #: each tile's time, seconds since the stream's first frame
+    contact_sheet_seconds: list[float]
+    #: each interaction's acknowledgement, seconds since the stream's first frame
+    interaction_seconds: list[float]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Tile:
+    at: float  #: seconds since the stream's first frame
+    image: Any  #: PIL image (thumbnail)
+
+
+class _StreamSampler:
+    """Runs on the recording thread: finds the stream's first frame, writes the
+    stream's frames to the MP4, keeps thumbnails for the contact sheet and
+    reads the local server's frame stamps for latency.
+
+    The main thread only calls :meth:`stream_requested`, :meth:`started`,
+    :meth:`interacted` and :meth:`ending`, under the lock.
+    """
+
+    def __init__(self, writer: Mp4Writer, *, stamped: bool, seconds: float) -> None:
+        self._writer = writer
+        self._decode = _stamp_decoder() if stamped else None
+        self._step = seconds / (4 * _SHEET_TILES)  # finer than the sheet needs
+        self._lock = threading.Lock()
+        self._requested = False
+        self._started_at: float | None = None  # start_stream returned (monotonic)
+        self._ending_at: float | None = None  # end_stream was called (monotonic)
+        self._want_tile = False  # an interaction was acknowledged: keep its next frame
+        self._first_at: float | None = None  # the stream's first frame (monotonic)
+        self._last_number: int | None = None
+        self._last_tile = -1.0
+        self.tiles: list[_Tile] = []
         self.latencies_ms: list[float] = []
-        self.thumbnails: list[Any] = []  # PIL images
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="odyssey-demo-writer", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def stream_requested(self) -> None:
+        with self._lock:
+            self._requested = True
 
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+    def started(self) -> None:
+        with self._lock:
+            self._started_at = time.monotonic()
 
-    def _frames(self) -> Iterator[Any]:
-        while not self._stop.is_set():
-            try:
-                yield from self._client.frames(timeout=0.5)
-                return  # iterator ended: disconnected
-            except OdysseyError:
-                continue  # no frame within 0.5 s: check the stop flag again
+    def interacted(self) -> None:
+        with self._lock:
+            self._want_tile = True
 
-    def _run(self) -> None:
-        import av
-        from PIL import Image
+    def first_frame_at(self) -> float | None:
+        with self._lock:
+            return self._first_at
 
-        try:
-            from .local.stamp import decode_stamp
-        except ImportError:  # pragma: no cover - the local package ships with us
-            decode_stamp = None  # type: ignore[assignment]
-        container = None
-        stream = None
-        start = 0.0
-        last_thumb = -1.0
-        try:
-            for frame in self._frames():
-                if self._stop.is_set():
-                    break
-                if container is None:
-                    container = av.open(str(self._path), mode="w")
-                    stream = container.add_stream("libx264", rate=30)
-                    stream.width, stream.height = frame.width, frame.height
-                    stream.pix_fmt = "yuv420p"
-                    stream.codec_context.time_base = Fraction(1, 1000)
-                    stream.options = {"preset": "veryfast", "crf": "23"}
-                    start = frame.received_at
-                assert stream is not None
-                if self._stamped and decode_stamp is not None:
-                    stamp = decode_stamp(frame.data, now=frame.received_at)
-                    if stamp is not None:
-                        self.latencies_ms.append(stamp.latency_ms(frame.received_at))
-                t = frame.received_at - start
-                if t - last_thumb >= 0.5:
-                    last_thumb = t
-                    thumb = Image.fromarray(frame.data[:, :, :3])
-                    thumb.thumbnail((_TILE_WIDTH, _TILE_WIDTH))
-                    self.thumbnails.append(thumb)
-                out = av.VideoFrame.from_ndarray(frame.data[:, :, :3], format="rgb24")
-                out.pts = int(t * 1000)
-                out.time_base = Fraction(1, 1000)
-                for packet in stream.encode(out):
-                    container.mux(packet)
-                self.frames += 1
-            if container is not None and stream is not None:
-                for packet in stream.encode():
-                    container.mux(packet)
-        except BaseException as exc:  # reported by run_demo
-            self.error = exc
-        finally:
-            if container is not None:
-                container.close()
+    def ending(self) -> None:
+        with self._lock:
+            self._ending_at = time.monotonic()
+
+    def __call__(self, frame: Any) -> None:
+        stamp = self._decode(frame.data, now=frame.received_at) if self._decode else None
+        with self._lock:
+            restarted = self._restarted(stamp)
+            if self._ending_at is not None and frame.received_at >= self._ending_at:
+                return  # after end_stream was asked for: the idle picture again
+            if self._first_at is None and not self._is_first(frame, stamp, restarted):
+                return
+            if self._first_at is None:
+                self._first_at = frame.received_at
+            t = frame.received_at - self._first_at
+            keep = self._want_tile or t - self._last_tile >= self._step
+            self._want_tile = False
+        if stamp is not None:
+            self.latencies_ms.append(stamp.latency_ms(frame.received_at))
+        self._writer.write(frame.data, frame.received_at)
+        if keep:
+            self._last_tile = t
+            self.tiles.append(_Tile(t, _thumbnail(frame.data)))
+
+    def _restarted(self, stamp: Any) -> bool | None:
+        """Whether the stamp's frame number went down (None: no stamp or no predecessor)."""
+        if stamp is None:
+            return None
+        previous, self._last_number = self._last_number, stamp.frame
+        return None if previous is None else stamp.frame < previous
+
+    def _is_first(self, frame: Any, stamp: Any, restarted: bool | None) -> bool:
+        """Whether ``frame`` is the stream's first (caller holds the lock).
+
+        Before a stream starts, a server may send an idle picture, and its
+        frames can still be in flight when the stream's first frame arrives.
+        The local server numbers the idle picture's frames and the stream's
+        separately, so the stream starts where the numbers go down; without
+        stamps, it starts with the first frame after ``start_stream`` returned.
+        """
+        if not self._requested:
+            return False
+        started = self._started_at
+        if restarted:
+            return True
+        if stamp is None or restarted is None:
+            return started is not None and frame.received_at >= started
+        # No restart seen (those frames lost): give up waiting for one soon.
+        return started is not None and frame.received_at - started > _RESTART_WAIT
 
 
-def _contact_sheet(thumbnails: list[Any], path: Path) -> bool:
+def _stamp_decoder() -> Callable[..., Any]:
+    # The stamp belongs to the local server's renderer; only the demo, which
+    # starts that server, reads it.
+    from .local.render.stamp import decode_stamp
+
+    return decode_stamp
+
+
+def _thumbnail(rgb: Any) -> Any:
     from PIL import Image
 
-    if not thumbnails:
-        return False
-    step = max(1, len(thumbnails) // _SHEET_TILES)
-    tiles = thumbnails[::step][:_SHEET_TILES]
-    w, h = tiles[0].size
-    cols = min(_SHEET_COLUMNS, len(tiles))
-    rows = (len(tiles) + cols - 1) // cols
+    image = Image.fromarray(rgb[:, :, :3])
+    image.thumbnail((_TILE_WIDTH, _TILE_WIDTH))
+    return image
+
+
+def choose_tiles(
+    times: list[float], interactions: list[float], count: int = _SHEET_TILES
+) -> list[int]:
+    """Which of the candidate frames at ``times`` (ascending seconds since the
+    stream's first frame) go on the contact sheet: ``count`` spread evenly from
+    the first to the last, plus, for each interaction (its acknowledgement
+    time) whose span up to the next one has none yet, that span's first
+    candidate. Pure; returns indices in ascending order."""
+    if not times:
+        return []
+    end = times[-1]
+    chosen: set[int] = set()
+    for i in range(count):
+        target = end * i / (count - 1) if count > 1 else 0.0
+        chosen.add(min(range(len(times)), key=lambda k: abs(times[k] - target)))
+    bounds = [*interactions, float("inf")]
+    for start, stop in itertools.pairwise(bounds):
+        inside = [k for k, t in enumerate(times) if start <= t < stop]
+        if inside and not any(start <= times[k] < stop for k in chosen):
+            chosen.add(inside[0])
+    return sorted(chosen)
+
+
+def _contact_sheet(
+    tiles: list[_Tile], acked: list[tuple[float, str]], prompt: str, path: Path
+) -> list[float]:
+    from PIL import Image, ImageDraw
+
+    chosen = [tiles[k] for k in choose_tiles([t.at for t in tiles], [at for at, _ in acked])]
+    if not chosen:
+        return []
+    w, h = chosen[0].image.size
+    cols = min(_SHEET_COLUMNS, len(chosen))
+    rows = (len(chosen) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * w, rows * h), (16, 16, 16))
-    for i, tile in enumerate(tiles):
-        sheet.paste(tile, ((i % cols) * w, (i // cols) * h))
+    draw = ImageDraw.Draw(sheet)
+    for i, tile in enumerate(chosen):
+        x, y = (i % cols) * w, (i // cols) * h
+        sheet.paste(tile.image, (x, y))
+        in_effect = prompt
+        for at, text in acked:
+            if at <= tile.at:
+                in_effect = text
+        label = f"{tile.at:4.1f} s  {in_effect}"[:48]
+        draw.rectangle((x, y + h - 14, x + w, y + h), fill=(0, 0, 0))
+        draw.text((x + 4, y + h - 13), label, fill=(235, 235, 235))
     sheet.save(path)
-    return True
+    return [round(tile.at, 3) for tile in chosen]
 
 
 def run_demo(
@@ -141,94 +249,133 @@ def run_demo(
     prompt: str,
     seconds: float,
     portrait: bool,
-) -> int:
-    """Run the demo; return a process exit code (0 = success).
+    say: Callable[[str], None] = print,
+) -> DemoReport:
+    """Run the demo and return what it produced and measured.
 
-    Blocking for about ``seconds`` plus connection time, caller's thread.
-    Starts the embedded server unless ``api_url``/``api_key`` (or the
-    ``ODYSSEY_API_URL``/``ODYSSEY_API_KEY`` environment variables) point to
-    another one; connects, starts a stream with ``prompt``, sends the
+    Blocking for about ``seconds`` plus connection time, on the caller's
+    thread (plus one recording thread, joined before returning). With no
+    ``api_url`` (argument or ``ODYSSEY_API_URL``) it starts the embedded
+    server in a temporary data directory, removed at the end; otherwise it
+    uses ``api_url`` with ``api_key`` (argument or ``ODYSSEY_API_KEY``).
+    Connects, starts a stream with ``prompt``, sends the
     :data:`DEMO_INTERACTIONS` spread over the run, ends the stream and
-    disconnects. Writes ``out_dir/demo.mp4`` and ``out_dir/contact_sheet.png``
-    and prints what it measured. Errors are printed (never with secrets) and
-    give exit code 1; bad arguments raise ``TypeError``/``ValueError``.
+    disconnects. Writes ``out_dir/demo.mp4`` and ``out_dir/contact_sheet.png``;
+    progress lines go to ``say``.
+
+    Raises:
+        ValueError: empty prompt, ``seconds`` not > 0, or an API URL without a
+            key (before anything starts).
+        OdysseyError: connecting or streaming failed (no secret in the message).
+        OSError: the output directory or the video cannot be written.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt must be a non-empty string")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
         raise ValueError("seconds must be a positive number")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     api_url = api_url or os.environ.get("ODYSSEY_API_URL") or None
     api_key = api_key or os.environ.get("ODYSSEY_API_KEY") or None
+    if api_url is not None and api_key is None:
+        raise ValueError(
+            f"an API URL was given ({api_url}) but no API key: pass --api-key or set "
+            "ODYSSEY_API_KEY, or give no URL to use the embedded server")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        local = api_url is None or api_key is None
-        if local:
+        data_dir: str | None = None
+        if api_url is None:
             from .local import LocalOdyssey
 
             data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="odyssey-demo-"))
-            server = stack.enter_context(
-                LocalOdyssey(size=(640, 352), fps=30, data_dir=data_dir, recordings=False)
-            )
+            server = stack.enter_context(LocalOdyssey(
+                size=_EMBEDDED_SIZE, fps=30, data_dir=data_dir, recordings=False))
             api_url, api_key = server.url, server.api_key
-            print(f"embedded server: {api_url}")
-        assert api_url is not None and api_key is not None
-        return _stream(api_url, api_key, out_dir, prompt, float(seconds), portrait, local)
-    return 1  # pragma: no cover - ExitStack never swallows; keeps mypy happy
+            say(f"embedded server: {api_url}")
+            say(f"  data directory: {data_dir} (temporary, removed when the demo ends)")
+        assert api_key is not None
+        report = _stream(api_url, api_key, out_dir, prompt, float(seconds), portrait,
+                         embedded=data_dir is not None, say=say)
+        report.data_dir = data_dir
+        return report
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack never swallows
 
 
 def _stream(
     api_url: str, api_key: str, out_dir: Path, prompt: str, seconds: float, portrait: bool,
-    stamped: bool,
-) -> int:
+    *, embedded: bool, say: Callable[[str], None],
+) -> DemoReport:
     video_path = out_dir / "demo.mp4"
     sheet_path = out_dir / "contact_sheet.png"
-    acks: list[str] = []
-    try:
-        with Odyssey(api_key, api_url=api_url) as client:
-            began = time.monotonic()
-            client.connect(
-                on_status_change=_print_status,
-                on_stream_error=lambda r, m: print(f"  stream error: {r}: {m}"),
-            )
-            print(f"connected in {time.monotonic() - began:.2f} s "
-                  f"(session {client.current_session_id})")
-            recorder = _Recorder(client, video_path, stamped=stamped)
-            recorder.start()
-            try:
-                stream_id = client.start_stream(prompt, portrait=portrait)
-                print(f"stream {stream_id}: {client.last_applied_prompt or prompt}")
-                t0 = time.monotonic()
-                slots = len(DEMO_INTERACTIONS) + 1
-                for i, text in enumerate(DEMO_INTERACTIONS, start=1):
-                    _sleep_until(t0 + seconds * i / slots)
-                    acks.append(client.interact(text))
-                    print(f"  interact → {acks[-1]}")
-                _sleep_until(t0 + seconds)
-                client.end_stream()
-                stats = client.stats
-            finally:
-                recorder.stop()
-        if recorder.error is not None:
-            print(f"video writer failed: {type(recorder.error).__name__}: {recorder.error}")
-            return 1
-    except OdysseyError as exc:
-        print(f"demo failed: {type(exc).__name__}: {exc}")
-        return 1
-    sheet = _contact_sheet(recorder.thumbnails, sheet_path)
-    print(f"frames: received {stats.received}, written {recorder.frames}, "
-          f"dropped {stats.dropped}, {stats.fps:.1f} fps")
-    print(f"conversion: p50 {stats.convert_us_p50:.0f} µs, p99 {stats.convert_us_p99:.0f} µs")
-    if recorder.latencies_ms:
-        lat = sorted(recorder.latencies_ms)
-        print(f"latency (server send → client frame): p50 {lat[len(lat) // 2]:.1f} ms, "
-              f"p99 {lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.1f} ms")
-    print(f"wrote {video_path}" + (f" and {sheet_path}" if sheet else ""))
-    return 0 if recorder.frames else 1
+    acked: list[tuple[float, str]] = []  # (monotonic time of the ack, prompt)
+
+    def on_status(status: ConnectionStatus, message: str | None) -> None:
+        say(f"  status: {status.value}" + (f" ({message})" if message else ""))
+
+    with Mp4Writer(video_path) as writer, Odyssey(api_key, api_url=api_url) as client:
+        began = time.monotonic()
+        client.connect(on_status_change=on_status,
+                       on_stream_error=lambda r, m: say(f"  stream error: {r}: {m}"))
+        connect_seconds = time.monotonic() - began
+        say(f"connected in {connect_seconds:.2f} s (session {client.current_session_id})")
+        sampler = _StreamSampler(writer, stamped=embedded, seconds=seconds)
+        recorder = FrameRecorder(client, None, on_frame=sampler,
+                                 name="odyssey-demo-recorder").start()
+        try:
+            sampler.stream_requested()
+            stream_id = client.start_stream(prompt, portrait=portrait)
+            sampler.started()
+            say(f"stream {stream_id}: {client.last_applied_prompt or prompt}")
+            t0 = time.monotonic()
+            slots = len(DEMO_INTERACTIONS) + 1
+            for i, text in enumerate(DEMO_INTERACTIONS, start=1):
+                _sleep_until(t0 + seconds * i / slots)
+                ack = client.interact(text)
+                acked.append((time.monotonic(), ack))
+                sampler.interacted()
+                say(f"  interact → {ack}")
+            _sleep_until(t0 + seconds)
+            sampler.ending()
+            client.end_stream()
+            stats = client.stats
+        finally:
+            recorder.stop()
+    first = sampler.first_frame_at()
+    relative = [(at - first, text) for at, text in acked] if first is not None else []
+    tiles = _contact_sheet(sampler.tiles, relative, prompt, sheet_path)
+    lat = sorted(sampler.latencies_ms)
+    report = DemoReport(
+        server="embedded" if embedded else api_url, data_dir=None, stream_id=stream_id,
+        interactions=[text for _, text in acked], connect_seconds=round(connect_seconds, 3),
+        frames_received=stats.received, frames_written=writer.frames,
+        frames_dropped=stats.dropped, fps=round(stats.fps, 2),
+        convert_us_p50=round(stats.convert_us_p50, 1),
+        convert_us_p99=round(stats.convert_us_p99, 1),
+        latency_ms_p50=round(lat[len(lat) // 2], 2) if lat else None,
+        latency_ms_p99=round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2) if lat else None,
+        video=str(video_path) if writer.frames else None,
+        contact_sheet=str(sheet_path) if tiles else None, contact_sheet_seconds=tiles,
+        interaction_seconds=[round(at, 3) for at, _ in relative],
+    )
+    if embedded:
+        report.notes.append(STAMP_EXPLANATION)
+    _say_report(report, say)
+    return report
 
 
-def _print_status(status: Any, message: str | None) -> None:
-    print(f"  status: {status.value}" + (f" ({message})" if message else ""))
+def _say_report(report: DemoReport, say: Callable[[str], None]) -> None:
+    say(f"frames: received {report.frames_received}, written {report.frames_written}, "
+        f"dropped {report.frames_dropped}, {report.fps:.1f} fps")
+    say(f"conversion: p50 {report.convert_us_p50:.0f} µs, p99 {report.convert_us_p99:.0f} µs")
+    if report.latency_ms_p50 is not None:
+        say(f"latency (server send → client frame): p50 {report.latency_ms_p50:.1f} ms, "
+            f"p99 {report.latency_ms_p99:.1f} ms")
+    if report.video:
+        say(f"wrote {report.video}")
+    if report.contact_sheet:
+        say(f"wrote {report.contact_sheet} ({len(report.contact_sheet_seconds)} moments, evenly "
+            "over the stream, each labelled with its time and prompt)")
+    for note in report.notes:
+        say(f"note: {note}")
 
 
 def _sleep_until(t: float) -> None:

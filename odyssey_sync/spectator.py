@@ -68,10 +68,9 @@ from .types import ClientStats
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from aiortc import RTCPeerConnection
-
     from ._dispatch import Dispatcher
     from ._frames import FrameRing, PixelFormat, VideoFrame
+    from ._rtc import RTCPeerConnection
 
 __all__ = ["SpectatorConnection", "SpectatorStats", "connect_to_stream"]
 

@@ -318,6 +318,46 @@ def test_ids_validated_locally(api: ApiClient, bad: str) -> None:
     assert seen == []
 
 
+@pytest.mark.parametrize("bad", [".", ".."])
+def test_dot_ids_refused_before_any_request(api: ApiClient, bad: str) -> None:
+    # issue 10 item 6: "/recordings/.." resolved to another endpoint, bearer token attached
+    seen = _paths(api)
+    for call in (api.get_recording, api.get_simulation, api.cancel_simulation,
+                 api.session_token):
+        with pytest.raises(ValueError, match=f"must not be {bad!r}"):
+            call(bad)
+    assert seen == []
+
+
+def test_every_id_is_one_escaped_path_segment(api: ApiClient) -> None:
+    api.access_token()
+    seen = _paths(api)
+    for bad in ("a/..", "%2e%2e", "x?y#z", "../"):
+        with pytest.raises(OdysseyNotFoundError):
+            api.get_simulation(bad)
+    assert seen == ["GET /simulation-jobs/a%2F..", "GET /simulation-jobs/%252e%252e",
+                    "GET /simulation-jobs/x%3Fy%23z", "GET /simulation-jobs/..%2F"]
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda a: a.list_stream_recordings(101, None), "limit must be between 1 and 100"),
+        (lambda a: a.list_stream_recordings(None, 2**63), r"offset must be between 0 and"),
+        (lambda a: a.list_simulations(status=None, active=None, limit=None, offset=2**63),
+         r"offset must be between 0 and 9223372036854775807"),
+    ],
+)
+def test_documented_list_limits_checked_before_any_request(
+    api: ApiClient, call: Any, match: str
+) -> None:
+    # issue 10 item 8: limit=101 on /stream-recordings and offset >= 2**63 reached the server
+    seen = _paths(api)
+    with pytest.raises(ValueError, match=match):
+        call(api)
+    assert seen == []
+
+
 def test_ids_must_be_str(api: ApiClient) -> None:
     with pytest.raises(TypeError):
         api.get_recording(123)  # type: ignore[arg-type]
@@ -682,8 +722,8 @@ def test_expired_deadline_sends_nothing(fake: FakeServer) -> None:
 
 def test_unreachable_server_is_a_connection_error_naming_the_url() -> None:
     # issue 10 item 10: it used to read "authentication failed: Connection refused"
-    with ApiClient("http://127.0.0.1:9", "k", timeout=2) as client, \
-            pytest.raises(OdysseyConnectionError, match=r"cannot reach http://127\.0\.0\.1:9") as info:
+    with ApiClient("http://127.0.0.1:9", "k", timeout=2) as client, pytest.raises(
+            OdysseyConnectionError, match=r"cannot reach http://127\.0\.0\.1:9") as info:
         client.access_token()
     assert not isinstance(info.value, OdysseyAuthError)
     assert "authentication failed" not in str(info.value)

@@ -10,6 +10,7 @@ from odyssey_sync._rtc import (
     max_message_size_from_sdp,
 )
 from odyssey_sync._signaling import client_socket_url, config_url, normalize_signaling_url
+from odyssey_sync._whep import parse_ice_servers
 from odyssey_sync.client import Odyssey
 from odyssey_sync.config import DEFAULT_API_URL, ClientConfig
 
@@ -111,14 +112,13 @@ def test_config_url() -> None:
 
 
 def test_ice_servers_keep_turn_credentials_and_empty_means_none() -> None:
-    servers = ice_servers_from_config(
-        [
-            {"urls": "turn:t.example:3478", "username": "u", "credential": "c"},
-            {"urls": ["stun:s.example"]},
-            {"urls": 5},
-            "junk",  # type: ignore[list-item]
-        ]
-    )
+    parsed = parse_ice_servers({"iceServers": [
+        {"urls": "turn:t.example:3478", "username": "u", "credential": "c"},
+        {"urls": ["stun:s.example"]},
+        {"urls": 5},
+        "junk",
+    ]})
+    servers = ice_servers_from_config(parsed)
     assert len(servers) == 2
     assert (servers[0].username, servers[0].credential) == ("u", "c")
     assert servers[1].urls == ["stun:s.example"]

@@ -86,3 +86,14 @@ def test_pygame_loop_runs_headless(tmp_path: Path) -> None:
     fields = dict(item.split("=") for item in summary.replace("game loops", "loops")
                   .replace("video frames drawn", "drawn").split())
     assert int(fields["loops"]) > 0 and int(fields["drawn"]) > 1
+
+
+def test_opencv_viewer_without_a_gui_says_what_is_missing(tmp_path: Path) -> None:
+    cv2 = pytest.importorskip("cv2")
+    if "NONE" not in cv2.getBuildInformation().split("GUI:", 1)[1].split("\n", 1)[0]:
+        pytest.skip("this OpenCV has GUI support")
+    # A display that looks set: the headless build is what must be reported.
+    proc = run_example("opencv_viewer.py", cwd=tmp_path, extra_env={"DISPLAY": ":99"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "no GUI support" in proc.stderr and "pip install opencv-python" in proc.stderr

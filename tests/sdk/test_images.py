@@ -14,6 +14,7 @@ from odyssey_sync._images import (
     LANDSCAPE_SIZE,
     MAX_IMAGE_BYTES,
     PORTRAIT_SIZE,
+    decode_data_url,
     detect_mime,
     encode_image,
 )
@@ -322,3 +323,29 @@ def test_wrapped_data_url_payload() -> None:
     wrapped = "\n".join(payload[i:i + 76] for i in range(0, len(payload), 76))
     assert encode_image("data:image/png;base64," + wrapped, portrait=True).startswith(
         "data:image/png;base64,")
+
+
+# --------------------------------------------------------------------------- decode_data_url
+
+
+def test_decode_data_url_returns_mime_and_bytes() -> None:
+    payload = base64.b64encode(b"\x89PNG\r\n\x1a\nrest").decode()
+    wrapped = "\n".join(payload[i:i + 8] for i in range(0, len(payload), 8))
+    assert decode_data_url(f"data:image/PNG;name=a.png;base64,{wrapped}") == (
+        "image/png", b"\x89PNG\r\n\x1a\nrest")
+
+
+def test_decode_data_url_refusals() -> None:
+    text = "data:text/plain;base64," + base64.b64encode(b"hello").decode()
+    with pytest.raises(ValueError, match="non-image"):
+        decode_data_url(text)
+    assert decode_data_url(text, image_only=False) == ("text/plain", b"hello")
+    with pytest.raises(ValueError, match="limit is"):
+        decode_data_url("data:image/png;base64," + base64.b64encode(b"x" * 100).decode(),
+                        max_bytes=10)
+    with pytest.raises(ValueError, match="base64"):
+        decode_data_url("data:image/png;base64,@@@@")
+    with pytest.raises(ValueError, match="look like"):
+        decode_data_url("data:image/png,rawbytes")
+    with pytest.raises(TypeError):
+        decode_data_url(b"data:image/png;base64,AAAA")  # type: ignore[arg-type]

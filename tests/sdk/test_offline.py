@@ -27,7 +27,12 @@ from odyssey_sync.errors import (
     OdysseyTimeoutError,
 )
 from odyssey_sync.local import LocalOdyssey
-from odyssey_sync.types import ClientCredentials, SimulationJobDetail, SimulationJobStatus
+from odyssey_sync.types import (
+    ClientCredentials,
+    Recording,
+    SimulationJobDetail,
+    SimulationJobStatus,
+)
 
 SCRIPT_A = [
     {"timestamp_ms": 0, "start": {"prompt": "a red balloon over a city"}},
@@ -323,6 +328,16 @@ def test_no_api_key_fails_before_any_request(slow_server: LocalOdyssey, tmp_path
         (lambda c, p: c.wait_for_simulation("j", poll_interval=0), ValueError, "poll_interval"),
         (lambda c, p: c.get_recording("s", timeout=-1), ValueError, "timeout"),
         (lambda c, p: c.get_recording("s", timeout="1"), TypeError, "timeout"),
+        (lambda c, p: c.download_recording("s", p, progress="yes"), TypeError, "progress"),
+        (lambda c, p: c.download_recording(".", p), ValueError, "stream_id"),
+        (lambda c, p: c.download_recording("s", p, timeout=float("nan")), ValueError,
+         "timeout"),
+        (lambda c, p: c.wait_for_simulation("j", progress=None), TypeError, "progress"),
+        (lambda c, p: c.list_stream_recordings(limit=101), ValueError, "between 1 and 100"),
+        (lambda c, p: c.list_stream_recordings(offset=2**63), ValueError, "offset"),
+        (lambda c, p: c.simulate(script=SCRIPT_A, timeout=-1), ValueError, "timeout"),
+        (lambda c, p: c.simulate(scripts=[SCRIPT_A] * 17), ValueError,
+         "MAX_SCRIPTS_PER_BATCH"),
     ],
 )
 def test_bad_arguments_fail_before_any_request(
@@ -338,21 +353,33 @@ def test_bad_arguments_fail_before_any_request(
 
 
 class _StubApi:
-    """Stands in for ApiClient: answers get_simulation from a script of results."""
+    """Stands in for ApiClient: answers from a script of results (the last one repeats)."""
 
     has_api_key = True
 
     def __init__(self, answers: list[Any]) -> None:
         self.answers = answers
         self.calls = 0
+        self.downloads: list[tuple[str, Path]] = []
         self.closed = threading.Event()
 
-    def get_simulation(self, job_id: str, *, deadline: Any = None) -> SimulationJobDetail:
+    def _next(self) -> Any:
         self.calls += 1
-        answer = self.answers.pop(0)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if isinstance(answer, BaseException):
             raise answer
-        return SimulationJobDetail.from_dict({"job_id": job_id, "status": answer})
+        return answer
+
+    def get_simulation(self, job_id: str, *, deadline: Any = None) -> SimulationJobDetail:
+        return SimulationJobDetail.from_dict({"job_id": job_id, "status": self._next()})
+
+    def get_recording(self, stream_id: str, *, deadline: Any = None) -> Recording:
+        """The answer is the video URL, ``None`` while processing."""
+        return Recording.from_dict({"stream_id": stream_id, "video_url": self._next()})
+
+    def download(self, url: str, path: Path, **kwargs: Any) -> Path:
+        self.downloads.append((url, path))
+        return path
 
     def wait_closed(self, timeout: float) -> bool:
         return self.closed.wait(min(timeout, 0.001))
@@ -397,3 +424,57 @@ def test_failed_message_carried() -> None:
     with pytest.raises(OdysseyStreamError, match="GPU on fire") as info:
         c.wait_for_simulation("j", progress=False)
     assert info.value.reason == "simulation_failed"
+
+
+# --------------------------------------------------------------------------- recordings (stub)
+
+
+def test_wait_polls_until_the_video_url_exists() -> None:
+    c, stub = _stubbed([None, None, OdysseyConnectionError("blip"), "http://x/v.mp4"])
+    rec = c.wait_for_recording("s", timeout=None, poll_interval=0.01)
+    assert rec.video_url == "http://x/v.mp4" and stub.calls == 4
+
+
+def test_wait_times_out_with_the_last_state() -> None:
+    c, _ = _stubbed([None])
+    with pytest.raises(OdysseyTimeoutError, match="processing") as info:
+        c.wait_for_recording("s", timeout=0.2, poll_interval=0.01)
+    assert info.value.stream_id == "s"
+
+
+def test_close_interrupts_the_wait() -> None:
+    c, stub = _stubbed([None])
+    closer = threading.Timer(0.1, stub.closed.set)
+    closer.start()
+    try:
+        with pytest.raises(OdysseyConnectionError, match="closed"):
+            c.wait_for_recording("s", timeout=30, poll_interval=0.01)
+    finally:
+        closer.join()
+
+
+def test_download_recording_waits_then_downloads(tmp_path: Path) -> None:
+    c, stub = _stubbed([None, None, "http://x/v.mp4"])
+    path = c.download_recording("s", tmp_path, progress=False, timeout=10)
+    assert path == tmp_path / "s.mp4"
+    assert stub.downloads == [("http://x/v.mp4", tmp_path / "s.mp4")] and stub.calls == 3
+
+
+def test_a_stream_without_frames_has_no_video_to_wait_for() -> None:
+    c = _C.__new__(_C)
+
+    class NoFrames(_StubApi):
+        def get_recording(self, stream_id: str, *, deadline: Any = None) -> Recording:
+            return Recording.from_dict({"stream_id": stream_id, "video_url": None,
+                                        "frame_count": 0, "duration_seconds": 0.0})
+
+    c._api = NoFrames([])  # type: ignore[assignment]
+    with pytest.raises(OdysseyNotFoundError, match="without any frame"):
+        c.wait_for_recording("s", timeout=30, poll_interval=0.01)
+
+
+def test_download_recording_timeout_covers_the_wait(tmp_path: Path) -> None:
+    c, stub = _stubbed([None])
+    with pytest.raises(OdysseyTimeoutError):
+        c.download_recording("s", tmp_path, progress=False, timeout=0.2)
+    assert stub.downloads == []

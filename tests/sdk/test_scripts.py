@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from odyssey_sync._scripts import build_simulation_body, validate_script
+from odyssey_sync.config import MAX_PROMPT_CHARS, MAX_SCRIPT_MS, MAX_SCRIPTS_PER_BATCH
 
 
 def S(ts: int = 0, prompt: str = "a cat", **extra: Any) -> dict[str, Any]:
@@ -230,3 +231,29 @@ def test_body_script_url() -> None:
 def test_body_errors(kwargs: dict[str, Any], exc: type[Exception], message: str) -> None:
     with pytest.raises(exc, match=message):
         build_simulation_body(**kwargs)
+
+
+# --------------------------------------------------------------------------- documented limits
+
+
+def test_prompt_length_limit_named() -> None:
+    at_limit = "x" * MAX_PROMPT_CHARS
+    assert validate_script([S(prompt=at_limit), E(3000)], portrait=True)[0]["start"]["prompt"]
+    with pytest.raises(ValueError, match=r"script\[1\]: interact.prompt .*MAX_PROMPT_CHARS"):
+        validate_script([S(), I(3000, at_limit + "x"), E(6000)], portrait=True)
+    with pytest.raises(ValueError, match=r"script\[0\]: start.prompt .*MAX_PROMPT_CHARS = 10000"):
+        validate_script([S(prompt=at_limit + "x"), E(3000)], portrait=True)
+
+
+def test_script_duration_limit_named() -> None:
+    assert validate_script([S(), E(MAX_SCRIPT_MS)], portrait=True)[-1]["timestamp_ms"] == (
+        MAX_SCRIPT_MS)
+    with pytest.raises(ValueError, match=r"script\[1\]: .*MAX_SCRIPT_MS = 600000 ms \(10 min\)"):
+        validate_script([S(), E(MAX_SCRIPT_MS + 1)], portrait=True)
+
+
+def test_batch_size_limit_named() -> None:
+    batch = [[S(), E(3000)]] * MAX_SCRIPTS_PER_BATCH
+    assert len(build_simulation_body(scripts=batch)["scripts"]) == MAX_SCRIPTS_PER_BATCH
+    with pytest.raises(ValueError, match="MAX_SCRIPTS_PER_BATCH = 16"):
+        build_simulation_body(scripts=[*batch, [S(), E(3000)]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from odyssey_sync._deadline import Deadline
-from odyssey_sync._http import HttpClient
+from odyssey_sync._http import HttpClient, install_log_redaction
 from odyssey_sync._whep import (
     delete_resource,
     fetch_ice_servers,
@@ -190,3 +191,53 @@ def test_post_offer_respects_an_expired_deadline(whep_http: str) -> None:
         post_offer(s, whep_http + "/live/st-1", TOKEN, "v=0\r\n", Deadline(0))
 
 
+
+
+# --------------------------------------------------------------------------- secrets in logs
+
+
+def _records_text(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_the_spectator_token_never_reaches_a_log_record(
+    whep_http: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # issue 10 item 9: urllib3 logs '"POST /live/st-1/whep?token=... HTTP/1.1" 201' at DEBUG
+    caplog.set_level(logging.DEBUG)
+    with HttpClient() as s:
+        _, resource = post_offer(s, whep_http + "/live/st-1", TOKEN, "v=0\r\n", Deadline(5))
+        assert resource is not None
+        delete_resource(s, resource, 2.0)
+        with pytest.raises(OdysseyAuthError):
+            post_offer(s, whep_http + "/live/bad-token", TOKEN, "v=0\r\n", Deadline(5))
+    text = _records_text(caplog)
+    assert "/whep?token=***" in text  # the request line was logged, with the value masked
+    assert "secret" not in text
+
+
+def test_the_log_filter_is_what_hides_the_token(
+    whep_http: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the filter urllib3's record does carry the token (so the test above can fail)."""
+    caplog.set_level(logging.DEBUG)
+    with HttpClient() as s:
+        pool_logger = logging.getLogger("urllib3.connectionpool")
+        saved = list(pool_logger.filters)
+        for f in saved:
+            pool_logger.removeFilter(f)
+        try:
+            post_offer(s, whep_http + "/live/st-1", TOKEN, "v=0\r\n", Deadline(5))
+        finally:
+            for f in saved:
+                pool_logger.addFilter(f)
+    assert "secret" in _records_text(caplog)
+    install_log_redaction()  # idempotent: still exactly one filter
+    assert len(logging.getLogger("urllib3.connectionpool").filters) == len(saved)
+
+
+def test_network_failure_message_names_the_url_without_the_token() -> None:
+    with HttpClient() as s, pytest.raises(OdysseyConnectionError) as info:
+        post_offer(s, "http://127.0.0.1:9/live/x", TOKEN, "v=0\r\n", Deadline(5))
+    assert "http://127.0.0.1:9/live/x/whep" in str(info.value)
+    assert "token" not in str(info.value) and "secret" not in str(info.value)

@@ -1,0 +1,257 @@
+"""The argument parser of ``odyssey-sync``: every command, option and its checks.
+
+Pure and non-blocking: building or using the parser never touches the network
+or the file system. Each command's handler is bound here with
+``set_defaults(handler=...)``; the handlers live in :mod:`.live` (streams),
+:mod:`.jobs` (simulations and recordings), :mod:`.local` (serve, demo, local
+prune) and :mod:`.doctor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .._version import __version__
+from ..types import SimulationJobStatus
+from . import doctor, jobs, live, local
+from .output import EXIT_USAGE, PROG
+
+__all__ = ["build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are the one-line ``odyssey-sync: error:`` (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0: {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a non-negative integer: {text!r}")
+    return int(text)
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not (width.isascii() and width.isdigit() and height.isascii()
+                       and height.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1280x704: {text!r}")
+    return int(width), int(height)
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError("port must be within 0..65535")
+    return value
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Sub-parsers get the same options with SUPPRESS defaults, so
+    # ``recordings list --json`` works as well as ``--json recordings list``
+    # without the later parser resetting a value given earlier.
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--api-url", metavar="URL", default=default(os.environ.get("ODYSSEY_API_URL") or None),
+        help="API base URL (default: $ODYSSEY_API_URL, else https://api.odyssey.ml)")
+    group.add_argument(
+        "--api-key", metavar="KEY", default=default(os.environ.get("ODYSSEY_API_KEY") or None),
+        help="API key (default: $ODYSSEY_API_KEY)")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="machine-readable output: JSON Lines on stdout")
+    group.add_argument("--debug", action="store_true", default=default(False),
+                       help="debug logging, and a traceback on errors")
+
+
+def _add_orientation(parser: argparse.ArgumentParser, *, portrait: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--portrait", dest="portrait", action="store_true", default=portrait,
+                       help="portrait video" + (" (default)" if portrait else ""))
+    group.add_argument("--landscape", dest="portrait", action="store_false",
+                       help="landscape video" + ("" if portrait else " (default)"))
+
+
+def _add_paging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=_non_negative_int, default=None,
+                   help="at most this many (the service's own range applies)")
+    p.add_argument("--offset", type=_non_negative_int, default=None,
+                   help="skip this many first")
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("server options")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (default: 127.0.0.1)")
+    group.add_argument("--port", type=_port, default=8787,
+                       help="TCP port (default: 8787; 0 picks a free one)")
+    group.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                       help="state directory (default: the user cache directory)")
+    group.add_argument("--fps", type=_positive_float, default=30.0,
+                       help="frames per second of streams (default: 30)")
+    group.add_argument("--size", type=_size, default=(1280, 704), metavar="WxH",
+                       help="landscape frame size; portrait swaps it (default: 1280x704)")
+    group.add_argument("--codec", choices=("vp8", "h264", "any"), default="vp8",
+                       help="video codec offered to clients (default: vp8)")
+    group.add_argument("--capacity", type=int, default=1,
+                       help="streamer slots; more clients queue (default: 1)")
+    group.add_argument("--session-timeout", type=_positive_float, default=300.0, metavar="S",
+                       help="maximum stream duration in seconds (default: 300)")
+    group.add_argument("--verbose", "-v", action="store_true",
+                       help="log requests and server events to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the documentation and the tests)."""
+    parser = _Parser(
+        prog=PROG,
+        description="Command line for Odyssey's interactive world-model video API.",
+        epilog="Run '%(prog)s COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help_text,
+                                                       description=help_text)
+        _add_global_options(p, top=False)
+        return p
+
+    p = command(sub, "serve", "run the embedded Odyssey-compatible local server")
+    _add_serve_options(p)
+    p.set_defaults(handler=local.cmd_serve)
+
+    p = command(sub, "demo", "a short end-to-end tour (embedded server unless --api-url is given)")
+    p.add_argument("--out", metavar="DIR", type=Path, default=Path("odyssey-demo"),
+                   help="directory for the demo's outputs (default: ./odyssey-demo)")
+    p.add_argument("--prompt", default="A lighthouse on a cliff at dusk, waves below",
+                   help="initial prompt")
+    p.add_argument("--seconds", type=_positive_float, default=8.0,
+                   help="how long to stream (default: 8)")
+    _add_orientation(p, portrait=False)
+    p.set_defaults(handler=local.cmd_demo)
+
+    p = command(sub, "stream", "start a stream and save/show its video for a while")
+    p.add_argument("prompt", metavar="PROMPT", help="initial prompt")
+    p.add_argument("--image", metavar="PATH", type=Path, help="image for image-to-video")
+    p.add_argument("--seconds", type=_positive_float, default=10.0,
+                   help="how long to stream (default: 10)")
+    p.add_argument("--out", metavar="VIDEO.mp4", type=Path, help="save the video as MP4")
+    p.add_argument("--show", action="store_true", help="show the video in an OpenCV window")
+    p.add_argument("--broadcast", action="store_true",
+                   help="broadcast the stream and print the spectator URL and token")
+    _add_orientation(p)
+    p.set_defaults(handler=live.cmd_stream)
+
+    p = command(sub, "interact", "start a stream, then send each stdin line as an interaction")
+    p.add_argument("prompt", metavar="PROMPT", help="initial prompt")
+    p.add_argument("--image", metavar="PATH", type=Path, help="image for image-to-video")
+    p.add_argument("--out", metavar="VIDEO.mp4", type=Path, help="save the video as MP4")
+    p.add_argument("--hold", metavar="SECONDS", type=_non_negative_float, default=None,
+                   help="keep streaming this long after each interaction and after the "
+                        "last line (default: 2 when stdin is not a terminal, else 0)")
+    _add_orientation(p)
+    p.set_defaults(handler=live.cmd_interact)
+
+    p = command(sub, "spectate", "watch a broadcast stream as a spectator (WHEP)")
+    p.add_argument("webrtc_url", metavar="WEBRTC_URL", help="broadcast WHEP base URL")
+    p.add_argument("token", metavar="TOKEN",
+                   help="spectator token ('-' reads it from stdin, keeping it out of ps)")
+    p.add_argument("--seconds", type=_positive_float, default=10.0,
+                   help="how long to watch (default: 10; ends earlier with the broadcast)")
+    p.add_argument("--out", metavar="VIDEO.mp4", type=Path, help="save the video as MP4")
+    p.add_argument("--show", action="store_true", help="show the video in an OpenCV window")
+    p.set_defaults(handler=live.cmd_spectate)
+
+    p = command(sub, "simulate", "submit a simulation job from a JSON script")
+    p.add_argument("script", metavar="SCRIPT.json", type=Path,
+                   help="a script (list of entries) or a batch (list of scripts); '-' = stdin")
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    p.add_argument("--download", metavar="DIR", type=Path,
+                   help="download the output videos into DIR (implies --wait)")
+    p.add_argument("--timeout", type=_positive_float, default=1800.0,
+                   help="seconds to wait with --wait (default: 1800)")
+    _add_orientation(p)
+    p.set_defaults(handler=jobs.cmd_simulate)
+
+    p = command(sub, "recordings", "list, inspect and download stream recordings")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    q = command(actions, "list", "list your recordings, newest first")
+    _add_paging(q)
+    q.set_defaults(handler=jobs.cmd_recordings_list)
+    q = command(actions, "get", "show one recording (presigned URLs)")
+    q.add_argument("stream_id", metavar="STREAM_ID")
+    q.set_defaults(handler=jobs.cmd_recordings_get)
+    q = command(actions, "download", "download a recording's video")
+    q.add_argument("stream_id", metavar="STREAM_ID")
+    q.add_argument("path", metavar="PATH", type=Path, nargs="?",
+                   help="file or directory (default: ./STREAM_ID.mp4)")
+    q.set_defaults(handler=jobs.cmd_recordings_download)
+
+    p = command(sub, "simulations", "list, inspect and cancel simulation jobs")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    q = command(actions, "list", "list your simulation jobs")
+    q.add_argument("--status", choices=[s.value for s in SimulationJobStatus],
+                   help="only jobs with this status")
+    q.add_argument("--active", action="store_true", default=None,
+                   help="only pending/dispatched/processing jobs")
+    q.add_argument("--limit", type=_non_negative_int, default=None)
+    q.add_argument("--offset", type=_non_negative_int, default=None)
+    q.set_defaults(handler=jobs.cmd_simulations_list)
+    q = command(actions, "get", "show one job")
+    q.add_argument("job_id", metavar="JOB_ID")
+    q.set_defaults(handler=jobs.cmd_simulations_get)
+    q = command(actions, "cancel", "cancel a pending job")
+    q.add_argument("job_id", metavar="JOB_ID")
+    q.set_defaults(handler=jobs.cmd_simulations_cancel)
+
+    p = command(sub, "local", "manage the embedded server's data on this machine")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    q = command(actions, "prune", "delete the local server's stored videos and jobs to free "
+                                  "space")
+    q.add_argument("--older-than", metavar="DAYS", type=_non_negative_float, default=None,
+                   help="only what is older than DAYS days (default: everything)")
+    q.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                   help="data directory (default: the one 'serve' uses)")
+    q.set_defaults(handler=local.cmd_local_prune)
+
+    p = command(sub, "doctor", "check this machine's setup and the API; exit 1 with the reasons")
+    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                   help="local server data directory to report (default: the one 'serve' uses)")
+    p.add_argument("--timeout", type=_positive_float, default=5.0,
+                   help="seconds for each network check (default: 5)")
+    p.set_defaults(handler=doctor.cmd_doctor)
+    return parser
