@@ -10,6 +10,7 @@
 # compile an error instead of a wheel without the native converter.
 # `auditwheel repair` checks the extension links nothing outside the manylinux
 # policy and retags the wheel with the oldest glibc policy it satisfies.
+# $PYTHON (default python3) is the interpreter that runs build and auditwheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mkdir -p "${1:-wheelhouse}" && cd "${1:-wheelhouse}" && pwd)
@@ -17,7 +18,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 export ODYSSEY_SYNC_NATIVE=1
-python3 -m build --outdir "$tmp" .
-python3 -m auditwheel repair --wheel-dir "$out" "$tmp"/*-abi3-linux_*.whl
+py=${PYTHON:-python3}
+"$py" -m build --outdir "$tmp" .
+"$py" -m auditwheel repair --wheel-dir "$out" "$tmp"/*-abi3-linux_*.whl
 cp "$tmp"/*.tar.gz "$out"/
 ls -l "$out"

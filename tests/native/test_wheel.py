@@ -115,10 +115,11 @@ def dist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         pytest.skip("scripts/build_wheel.sh builds the Linux x86_64 wheel")
     for tool in ("build", "auditwheel"):
-        if shutil.which(tool) is None and _missing_module(tool):
+        if _missing_module(tool):
             pytest.fail(f"{tool} is not installed: python3 -m pip install -e '.[dev]'")
     out = tmp_path_factory.mktemp("wheelhouse")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHON"] = sys.executable
     proc = subprocess.run(
         ["bash", str(BUILD_SCRIPT), str(out)], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=600, check=False,
