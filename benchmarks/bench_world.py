@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from odyssey_sync.local.limits import MAX_PROMPT_CHARS
 from odyssey_sync.local.render.media import render_recording
 from odyssey_sync.local.render.stamp import decode_stamp, stamp_frame
 from odyssey_sync.local.render.world import World
@@ -92,6 +93,23 @@ def main() -> None:
             changes.append((t2 - t1) * 1000.0)
         print(f"{'World(...)':<38}{size:>10}{statistics.median(builds):>11.1f}")
         print(f"{'World.interact':<38}{size:>10}{statistics.median(changes):>11.1f}")
+
+    print()
+    # Scene cost must not grow with the prompt (a long prompt once froze the server):
+    # the same build with a 40-character prompt and with the largest accepted one.
+    print(f"{'scene build vs prompt length':<38}{'size':>10}{'40 ch ms':>10}"
+          f"{f'{MAX_PROMPT_CHARS} ch ms':>14}{'ratio':>7}")
+    longest = ("a very long prompt " * MAX_PROMPT_CHARS)[:MAX_PROMPT_CHARS]
+    for width, height in ((1280, 704), (320, 176)):
+        cost: dict[int, list[float]] = {40: [], MAX_PROMPT_CHARS: []}
+        for i in range(5):
+            for text in (longest[:40], longest):
+                t0 = time.perf_counter()
+                World(width, height, f"{i} {text}").interact(f"{i} {text}", 5)
+                cost[len(text)].append((time.perf_counter() - t0) * 1000.0)
+        short, long_ = (statistics.median(cost[40]), statistics.median(cost[MAX_PROMPT_CHARS]))
+        print(f"{'World(...) + interact':<38}{f'{width}x{height}':>10}{short:>10.1f}"
+              f"{long_:>14.1f}{long_ / short:>7.2f}")
 
     print()
     print(f"{'render_recording':<38}{'size':>10}{'frames':>8}{'fps':>8}{'x realtime':>12}")

@@ -4,7 +4,10 @@ Every 100 ms the loop reads the *latest* frame (never a backlog), turns its
 pixels into a toy "action" (steer toward the brighter half of the picture,
 throttle from contrast), and every few seconds tells the world model what the
 agent is doing with ``interact()``. The interaction runs on a helper thread, so
-a slow round trip never makes the loop miss a tick.
+a slow round trip never makes the loop miss a tick. The client runs with
+``resume=True``: the service ends every stream after 150 s, and the loop
+must not stop there — the session moves to a new stream (starting from the
+last frame) and the loop keeps reading frames.
 
 Runs against the embedded local server by default; set ODYSSEY_API_KEY (and
 optionally ODYSSEY_API_URL) to use the real service::
@@ -34,14 +37,15 @@ def open_client(small: bool) -> Iterator[Odyssey]:
     """The real service when ODYSSEY_API_KEY is set, else an embedded local server."""
     api_key = os.environ.get("ODYSSEY_API_KEY")
     if api_key:
-        with Odyssey(api_key) as client:  # api_url: $ODYSSEY_API_URL or the default
+        # api_url: $ODYSSEY_API_URL or the default; resume: outlive the 150 s stream limit
+        with Odyssey(api_key, resume=True) as client:
             yield client
         return
     from odyssey_sync.local import LocalOdyssey
 
     size, fps = ((320, 176), 15) if small else ((1280, 704), 30)
     with LocalOdyssey(size=size, fps=fps) as server, Odyssey(
-        server.api_key, api_url=server.url
+        server.api_key, api_url=server.url, resume=True
     ) as client:
         yield client
 
@@ -119,7 +123,8 @@ def main() -> int:
     mean_age_ms = 1000 * sum(ages) / len(ages) if ages else 0.0
     print(
         f"ticks={ticks} overruns={overruns} distinct_frames={len(seen)} "
-        f"interactions={acks} mean_frame_age_ms={mean_age_ms:.1f}"
+        f"interactions={acks} mean_frame_age_ms={mean_age_ms:.1f} "
+        f"streams={len(client.stream_ids)} resume=on"
     )
     return 0 if ticks and seen else 1
 

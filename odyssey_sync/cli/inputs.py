@@ -28,12 +28,18 @@ def require_key(args: argparse.Namespace) -> str:
 def open_client(args: argparse.Namespace) -> Odyssey:
     """An :class:`~odyssey_sync.Odyssey` from the global options (not connected yet).
 
+    ``stream`` resumes by default (``args.resume``): a stream longer than the
+    service's 150 s limit goes on, on a new stream id each time.
+
     Non-blocking. Use it with ``with`` so its threads are joined on exit.
     """
     key = require_key(args)
+    # Commands that stream for a user-chosen time resume across the service's
+    # limits (``--no-resume`` turns it off); the others never hold a stream long.
+    options = {"debug": bool(args.debug), "resume": bool(getattr(args, "resume", False))}
     if args.api_url:
-        return Odyssey(key, api_url=args.api_url, debug=bool(args.debug))
-    return Odyssey(key, debug=bool(args.debug))
+        return Odyssey(key, api_url=args.api_url, **options)
+    return Odyssey(key, **options)
 
 
 def read_image(path: Path | None, *, portrait: bool) -> str | None:

@@ -95,7 +95,9 @@ def cmd_stream(args: argparse.Namespace, out: Output) -> int:
             on_broadcast_ready=_broadcast_reporter(out, broadcast) if args.broadcast else None)
         stream_id = client.start_stream(args.prompt, portrait=args.portrait, image=image,
                                         broadcast=args.broadcast)
-        out.info(f"stream started: {stream_id}")
+        out.info(f"stream started: {stream_id}"
+                 + (" (resume on: the session outlives the service's stream limit)"
+                    if args.resume else ""))
         started = time.monotonic()
         try:
             frames = pump_frames(client, args.seconds, writer, window)
@@ -107,7 +109,8 @@ def cmd_stream(args: argparse.Namespace, out: Output) -> int:
             client.end_stream()
         except OdysseyError as exc:
             raise _stream_failed(client, exc, writer) from exc
-    result: dict[str, Any] = {"stream_id": stream_id, "frames": frames,
+    result: dict[str, Any] = {"stream_id": stream_id, "stream_ids": client.stream_ids,
+                              "frames": frames,
                               "seconds": round(elapsed, 3),
                               "out": str(args.out) if args.out else None}
     if broadcast:

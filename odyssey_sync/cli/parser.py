@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="show the video in an OpenCV window")
     p.add_argument("--broadcast", action="store_true",
                    help="broadcast the stream and print the spectator URL and token")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="end when the service ends the stream (150 s) instead of resuming "
+                        "on a new stream and connection (default: resume)")
     _add_orientation(p)
     p.set_defaults(handler=live.cmd_stream)
 

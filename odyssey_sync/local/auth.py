@@ -150,7 +150,7 @@ def verify_resource_signature(
     *, now: float | None = None,
 ) -> bool:
     """True when ``sig`` signs (resource, kind, expires) and ``expires`` is in the future."""
-    if not expires or not sig or not expires.isdigit() or len(expires) > 12:
+    if not expires or not sig or not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
         return False
     when = int(expires)
     if when <= (time.time() if now is None else now):

@@ -72,8 +72,9 @@ class JsonProblem(ValueError):
         self.kind = kind
 
 
-def check_json_value(value: Any) -> None:
-    """Refuse deep nesting, lone surrogates and out-of-range integers in ``value``.
+def check_json_value(value: Any, *, unicode_text: bool = True) -> None:
+    """Refuse deep nesting, out-of-range integers and (``unicode_text``) lone
+    surrogates in ``value``.
 
     Iterative (no recursion, whatever the depth). Raises :class:`JsonProblem`.
     """
@@ -84,7 +85,8 @@ def check_json_value(value: Any) -> None:
             raise JsonProblem([], f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
                               "json_invalid")
         if isinstance(item, str):
-            _check_text(loc, item)
+            if unicode_text:
+                _check_text(loc, item)
         elif isinstance(item, bool) or item is None or isinstance(item, float):
             continue
         elif isinstance(item, int):
@@ -92,7 +94,8 @@ def check_json_value(value: Any) -> None:
                 raise JsonProblem(loc, "integer out of range (signed 64-bit)", "int_overflow")
         elif isinstance(item, dict):
             for key, child in item.items():
-                _check_text([*loc, "<key>"], key)
+                if unicode_text:
+                    _check_text([*loc, "<key>"], key)
                 stack.append(([*loc, key], child))
         elif isinstance(item, list):
             stack.extend(([*loc, i], child) for i, child in enumerate(item))
@@ -106,13 +109,15 @@ def _check_text(loc: list[Any], text: str) -> None:
                           "string_unicode") from None
 
 
-def decode_json(raw: bytes | str) -> Any:
+def decode_json(raw: bytes | str, *, unicode_text: bool = True) -> Any:
     """Parse a JSON document we are willing to handle; :class:`JsonProblem` otherwise.
 
     Non-blocking for small inputs, linear in the size (call it in an executor
     for megabytes). Refuses nesting deeper than :data:`MAX_JSON_DEPTH`,
     integers outside signed 64 bits (so also Python's 4300-digit literals)
-    and lone surrogates.
+    and, with ``unicode_text`` (the default), lone surrogates anywhere. The
+    live path passes False and checks the fields it uses (a prompt with a
+    lone surrogate then gets an error reply instead of no reply at all).
     """
     try:
         value = json.loads(raw)
@@ -124,7 +129,7 @@ def decode_json(raw: bytes | str) -> Any:
                           "json_invalid") from None
     except ValueError:  # an integer literal beyond Python's 4300-digit limit
         raise JsonProblem([], "JSON number too long", "json_invalid") from None
-    check_json_value(value)
+    check_json_value(value, unicode_text=unicode_text)
     return value
 
 

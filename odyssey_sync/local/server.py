@@ -40,6 +40,7 @@ from .datadir import DB_NAME, DataDirLock, default_data_dir, stored_or_new_key
 from .faults import Faults
 from .http.app import build_app
 from .http.backend import LocalBackend
+from .http.middleware import protocol_error_logger
 from .limits import check_frame_size, check_seconds
 from .realtime.signaling import REALTIME_KEY, RealtimeHub
 from .store import Row, Store
@@ -53,6 +54,8 @@ T = TypeVar("T")
 #: threads of the loop's default executor (renders, encodes, image decodes,
 #: getaddrinfo): the size asyncio would pick by default.
 _EXECUTOR_WORKERS = min(32, (os.cpu_count() or 1) + 4)
+#: longest wait at interpreter exit for a forgotten server's pending recordings
+_EXIT_RENDER_WAIT = 30.0
 
 
 def _prestarted_executor(workers: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
@@ -274,7 +277,7 @@ class LocalOdyssey:
             self._close_store()
             self._stopped = True
             raise
-        _stop_at_exit(self)
+        _finish_renders_at_exit(self)
         log.info("local Odyssey server listening on %s (data: %s)", self._url, self._data_dir)
         return self
 
@@ -349,7 +352,7 @@ class LocalOdyssey:
         # shutdown_timeout bounds how long stop() waits for requests in flight
         # (a long download, a client that never reads) before closing them.
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               shutdown_timeout=3.0)
+                               shutdown_timeout=3.0, logger=protocol_error_logger())
         self._runner = runner
         await runner.setup()
         site = web.TCPSite(runner, self._config.host, self._config.port,
@@ -469,27 +472,37 @@ class LocalOdyssey:
         return dict(row)
 
 
-def _stop_at_exit(server: LocalOdyssey) -> None:
-    """Stop ``server`` when the interpreter exits without :meth:`LocalOdyssey.stop`.
+def _finish_renders_at_exit(server: LocalOdyssey) -> None:
+    """At interpreter exit, let ``server`` finish the recordings it has pending.
 
     Registered with ``threading``'s exit hooks, which run before those of
     ``concurrent.futures`` (they run in reverse order of registration, and
-    that module registers at import): so a recording still rendering, or
-    about to, finishes and is recorded instead of dying with "cannot
-    schedule new futures after shutdown". ``stop()`` is bounded, so a
-    forgotten server never hangs exit. Holds only a weak reference.
+    that module registers at import) while the server's threads still run:
+    a recording scheduled or rendering when the program ends without
+    :meth:`LocalOdyssey.stop` is finished and recorded instead of dying with
+    "cannot schedule new futures after shutdown". The server keeps serving
+    meanwhile (forgotten clients' own exit hooks may still disconnect from
+    it). Bounded (30 s), so a forgotten server never hangs exit; anything
+    still pending then stays "rendering" in the store and the next start on
+    the data directory renders it. Holds only a weak reference.
     """
     ref = weakref.ref(server)
 
     def hook() -> None:
-        alive = ref()
-        if alive is not None and alive.running:
-            alive.stop()
+        deadline = time.monotonic() + _EXIT_RENDER_WAIT
+        while time.monotonic() < deadline:
+            alive = ref()
+            if alive is None or not alive.running or alive._backend is None \
+                    or alive._backend.renders_pending == 0:
+                return
+            del alive
+            time.sleep(0.02)
 
     register = getattr(threading, "_register_atexit", None)
-    if register is None:  # pragma: no cover - CPython < 3.9
-        import atexit
+    with contextlib.suppress(RuntimeError):  # registering during shutdown
+        if register is None:  # pragma: no cover - CPython < 3.9
+            import atexit
 
-        atexit.register(hook)
-    else:
-        register(hook)
+            atexit.register(hook)
+        else:
+            register(hook)

@@ -135,3 +135,35 @@ def script(end_ms: int = 1000, *prompts: str) -> list[dict[str, Any]]:
         entries.append({"timestamp_ms": step * i, "interact": {"prompt": text}})
     entries.append({"timestamp_ms": end_ms, "end": {}})
     return entries
+
+
+async def open_peer(server: LocalOdyssey, api: Api) -> tuple[Any, str]:
+    """Allocate a session as ``api``'s key and connect a plain aiortc test peer to it.
+
+    Returns ``(TestPeer, session_id)``; the caller closes the peer. Blocking HTTP
+    calls happen here on the loop thread of the caller's ``asyncio.run`` (fine
+    for tests: nothing else runs on it yet).
+    """
+    from tests.local.rtc_peer import TestPeer
+
+    session_id = api.allocate()
+    token = api.post("/sessions/token", json={"session_id": session_id}).json()
+    peer = TestPeer()
+    try:
+        await peer.connect(server.url, session_id, token["session_token"],
+                           signaling_url=server.context.signaling_url)
+    except BaseException:
+        await peer.close()
+        raise
+    return peer, session_id
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    """Poll ``condition()`` every 20 ms until true; AssertionError naming ``what`` after
+    ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.02)

@@ -216,6 +216,11 @@ class TestPeer:
         assert self.ws is not None
         await self.ws.send_str(json.dumps(message))
 
+    async def send_ws_raw(self, text: str) -> None:
+        """Send ``text`` as-is over the signaling socket (hostile-input tests)."""
+        assert self.ws is not None
+        await self.ws.send_str(text)
+
     async def expect(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
         """Next streamerToClient message; asserts its type."""
         message = await asyncio.wait_for(self.inbox.get(), timeout)

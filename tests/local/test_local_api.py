@@ -363,7 +363,14 @@ def test_admin_faults_with_api_key_and_token(server: Any, api: Any) -> None:
     assert r.status_code == 200 and server.faults.signaling_error is None
     state = requests.get(server.url + "/_admin/state", headers=api.headers(), timeout=10)
     assert state.status_code == 200
-    assert {"allocations", "streams", "faults"} <= set(state.json())
+    body = state.json()
+    assert {"allocations", "streams", "faults"} <= set(body)
+    assert (body["sessions_in_use"], body["free_capacity"]) == (0, server.config.capacity)
+    api.allocate()
+    body = requests.get(server.url + "/_admin/state", headers=api.headers(), timeout=10).json()
+    assert (body["sessions_in_use"], body["free_capacity"]) == (1, server.config.capacity - 1)
+    assert body["allocations"][0]["stale_seconds"] is None
+    assert server.sessions_in_use == 1 and server.free_capacity == server.config.capacity - 1
 
 
 def test_admin_rejects_others_and_bad_input(server: Any) -> None:

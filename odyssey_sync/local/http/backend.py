@@ -107,6 +107,9 @@ class LocalBackend:
         #: allocations held (stale ones included), for readers on other threads:
         #: an int replaced on the loop thread, read anywhere
         self.sessions_in_use = 0
+        #: recordings scheduled or rendering (an int replaced on the loop thread,
+        #: read anywhere: the interpreter-exit hook waits for it to reach 0)
+        self.renders_pending = 0
 
     # -- lifecycle ----------------------------------------------------------
     def recover(self) -> None:
@@ -133,7 +136,7 @@ class LocalBackend:
                                      render_error="server stopped while the stream was live")
         for row in self.store.streams_in_state(["rendering"]):
             if row["job_id"] is None:
-                self.spawn(self._render_recording(row["stream_id"]))
+                self.schedule_render(row["stream_id"])
             else:  # its job is failed by JobRunner.recover(); so is its output
                 self.store.update_stream(row["stream_id"], render_state="failed",
                                          render_error="server stopped during the render")
@@ -324,7 +327,7 @@ class LocalBackend:
                                  duration_seconds=frame_count / row["fps"],
                                  render_state=state)
         if state == "rendering":
-            self.spawn(self._render_recording(stream_id))
+            self.schedule_render(stream_id)
         else:
             self._stamp_origins.pop(stream_id, None)
             self.notify_render()
@@ -343,6 +346,18 @@ class LocalBackend:
         """Files of one recording: names come from our own uuid, never from user text."""
         return {kind: self.media_dir / f"{media_key}{suffix}"
                 for kind, (suffix, _) in MEDIA_KINDS.items()}
+
+    def schedule_render(self, stream_id: str) -> None:
+        """Render the recording of an ended stream in the background (loop thread)."""
+        self.renders_pending += 1
+
+        async def render() -> None:
+            try:
+                await self._render_recording(stream_id)
+            finally:
+                self.renders_pending -= 1
+
+        self.spawn(render())
 
     async def _render_recording(self, stream_id: str) -> None:
         row = self.store.stream(stream_id)
@@ -460,8 +475,12 @@ class LocalBackend:
         now = time.monotonic()
         return {
             "capacity": self.config.capacity,
+            "sessions_in_use": len(self.allocations),
+            "free_capacity": self.config.capacity - len(self.allocations),
             "allocations": [{"session_id": a.session_id, "key_id": a.key_id, "slot": a.slot,
-                             "connected": a.connected, "age_seconds": round(now - a.created, 3)}
+                             "connected": a.connected, "age_seconds": round(now - a.created, 3),
+                             "stale_seconds": None if a.stale_since is None
+                             else round(now - a.stale_since, 3)}
                             for a in self.allocations.values()],
             "streams": [{k: r[k] for k in ("stream_id", "key_id", "session_id", "job_id",
                                             "width", "height", "started_at", "ended_at",

@@ -6,19 +6,28 @@
   ``Location`` exposed;
 * every error is FastAPI-shaped JSON ``{"detail": ...}``; an unexpected
   exception becomes a logged JSON 500, never a traceback on the wire.
+
+:func:`protocol_error_logger` is the aiohttp server logger: a request that
+is not even valid HTTP (a 10 KB request line, a bad header) is answered 400
+by aiohttp itself and logged as one INFO line, not an ERROR with a traceback:
+it is a client mistake, not ours.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import ApiError, json_error
 
-__all__ = ["MIDDLEWARES", "cors_middleware", "error_middleware", "merge_slashes_middleware"]
+__all__ = ["MIDDLEWARES", "cors_middleware", "error_middleware", "merge_slashes_middleware",
+           "protocol_error_logger"]
 
 log = logging.getLogger("odyssey_sync.local")
 
@@ -105,3 +114,26 @@ async def merge_slashes_middleware(request: web.Request, handler: Handler) -> we
 
 #: outermost first, as ``web.Application(middlewares=...)`` takes them
 MIDDLEWARES = (cors_middleware, error_middleware, merge_slashes_middleware)
+
+
+class _ProtocolErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, with malformed HTTP demoted to one INFO line."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return msg, kwargs
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info if isinstance(exc_info, BaseException) else (
+            sys.exc_info()[1] if exc_info is True else None)
+        if isinstance(exc, HttpProcessingError):
+            kwargs.pop("exc_info", None)
+            self.logger.info("malformed HTTP request refused (%s %s)", exc.code,
+                             str(exc.message)[:120])
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
+def protocol_error_logger() -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """The logger to give ``web.AppRunner(logger=...)`` (see the module docstring)."""
+    return _ProtocolErrorLog(logging.getLogger("aiohttp.server"), {})

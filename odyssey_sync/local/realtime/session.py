@@ -249,7 +249,7 @@ class StreamerSession:
                 log.info("ignoring non-UTF-8 data-channel message")
                 return
         try:
-            message = decode_json(data)
+            message = decode_json(data, unicode_text=False)
         except JsonProblem as exc:
             log.info("ignoring data-channel message: %s", exc.msg)
             return

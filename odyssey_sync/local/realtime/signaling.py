@@ -73,6 +73,11 @@ _BIG_MESSAGE = 256 * 1024
 _FAULT_POLL = 0.05
 
 
+def _decode_message(text: str) -> Any:
+    """A signaling message (strings are checked by the fields that use them)."""
+    return decode_json(text, unicode_text=False)
+
+
 class _Connection:
     """One accepted signaling socket and its streamer (loop thread only)."""
 
@@ -114,9 +119,9 @@ class _Connection:
                 continue
             try:
                 if len(text) > _BIG_MESSAGE:
-                    message = await loop.run_in_executor(None, decode_json, text)
+                    message = await loop.run_in_executor(None, _decode_message, text)
                 else:
-                    message = decode_json(text)
+                    message = decode_json(text, unicode_text=False)
             except JsonProblem as exc:
                 log.info("session %s: ignoring signaling message: %s", self.session_id, exc.msg)
                 continue

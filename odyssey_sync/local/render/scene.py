@@ -138,11 +138,12 @@ def _caption(text: str, width: int, height: int, bg: npt.NDArray[np.float32]) ->
     font = _font(max(8, int(height * 0.62)))
     margin = max(4, height // 3)
     limit = width - 2 * margin
-    # No glyph is narrower than a pixel, and whitespace runs collapse to one
-    # space: the first 4×width characters hold everything that can show. The
-    # cost is bounded by the frame's width, not by the prompt's length.
-    shown = " ".join(text[: 4 * width].split())
-    if draw.textlength(shown, font=font) > limit:
+    # The cost must be bounded by the frame's width, not by the prompt's length:
+    # no glyph of a font of 8 px or more is narrower than 2 px, so at most
+    # limit/2 characters can show (whitespace runs collapse to one space first).
+    words = " ".join(text[: 4 * width].split())
+    shown = words[: max(1, limit // 2)]
+    if shown != words or draw.textlength(shown, font=font) > limit:
         # Longest prefix that fits with an ellipsis (binary search: prompts may be long).
         lo, hi = 0, len(shown)
         while lo < hi:

@@ -212,3 +212,18 @@ def test_stream_from_an_image(cli_main: Any, api: list[str], tmp_path: Path) -> 
                     "--landscape", "--seconds", "0.5")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["frames"] > 0
+
+
+def test_stream_resumes_across_the_stream_limit(run_cli: Any, tmp_path: Path) -> None:
+    """`stream` outlives the service's stream limit by default; --no-resume ends there."""
+    with LocalOdyssey(size=(320, 176), fps=15, capacity=2, recordings=False,
+                      stream_limit=1.5, data_dir=tmp_path / "data") as srv:
+        api = ["--api-key", srv.api_key, "--api-url", srv.url]
+        proc = run_cli("--json", *api, "stream", "A long road", "--seconds", "4")
+        assert proc.returncode == 0, proc.stderr
+        [result] = json_lines(proc.stdout)
+        assert len(result["stream_ids"]) >= 2 and result["stream_ids"][0] == result["stream_id"]
+        assert "resume on" in proc.stderr
+        cut = run_cli("--json", *api, "stream", "A short road", "--seconds", "4", "--no-resume")
+        assert cut.returncode != 0
+        assert "lost" in cut.stderr
