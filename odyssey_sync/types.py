@@ -125,12 +125,14 @@ class StreamerCapabilities:
 
     @classmethod
     def from_dict(cls, d: Any) -> StreamerCapabilities:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         if not isinstance(d, dict):
             return cls()
         v = d.get("image_to_video")
         return cls(image_to_video=v if isinstance(v, bool) else False)
 
     def to_dict(self) -> dict[str, bool]:
+        """The capabilities as a JSON-ready dict (what :meth:`from_dict` reads)."""
         return {"image_to_video": self.image_to_video}
 
 
@@ -170,6 +172,10 @@ class ClientCredentials:
         return session_id_from_jwt(self.session_token)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict to hand to the device (read back by :meth:`from_dict`).
+
+        It holds the session token: send it only to the client it was minted for.
+        """
         out: dict[str, Any] = {
             "session_id": self.session_id,
             "signaling_url": self.signaling_url,
@@ -226,6 +232,7 @@ class Recording:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recording:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         return cls(
             stream_id=_req_str(d, "stream_id"),
             video_url=_opt_str(d, "video_url"),
@@ -250,6 +257,7 @@ class StreamRecordingInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamRecordingInfo:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         return cls(
             stream_id=_req_str(d, "stream_id"),
             width=_opt_int(d, "width") or 0,
@@ -271,6 +279,7 @@ class StreamRecordingsList:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamRecordingsList:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         recs = d.get("recordings")
         recs = recs if isinstance(recs, list) else []
         items = [StreamRecordingInfo.from_dict(r) for r in recs if isinstance(r, dict)]
@@ -297,6 +306,7 @@ class SimulationStream:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationStream:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         return cls(
             stream_id=_req_str(d, "stream_id"),
             video_url=_opt_str(d, "video_url"),
@@ -322,6 +332,7 @@ class SimulationJobInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationJobInfo:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         return cls(
             job_id=_req_str(d, "job_id"),
             status=SimulationJobStatus(_req_str(d, "status")),
@@ -351,6 +362,7 @@ class SimulationJobDetail:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationJobDetail:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         streams = d.get("streams")
         return cls(
             job_id=_req_str(d, "job_id"),
@@ -381,6 +393,7 @@ class SimulationJobsList:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationJobsList:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         jobs = d.get("jobs")
         jobs = jobs if isinstance(jobs, list) else []
         items = [SimulationJobInfo.from_dict(j) for j in jobs if isinstance(j, dict)]
