@@ -454,9 +454,11 @@ def connect_to_stream(
             their slot, so hold at most ``ring_size - 2`` at once.
         low_latency: release each video frame to the decoder as soon as it is
             complete, as the client does.
-        frame_size, resize, crop: deliver frames at this size, converted,
-            cropped and resized in one native pass (as ``Odyssey``'s options
-            of the same names); ``None``: the stream's own size.
+        frame_size: deliver frames at this ``(width, height)``, converted and
+            resized in one native pass (as ``Odyssey(frame_size=)``); ``None``:
+            the stream's own size.
+        resize: ``"area"`` (default) or ``"bilinear"``.
+        crop: ``(x, y, width, height)`` in source pixels, taken before resizing.
 
     Returns:
         A connected :class:`SpectatorConnection`.
