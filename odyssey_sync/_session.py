@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._connection import Connection
 from ._deadline import Deadline
@@ -45,12 +45,17 @@ from .errors import (
     OdysseyStreamError,
     OdysseyTimeoutError,
 )
-from .types import BroadcastInfo, ClientCredentials, ClientStats, ConnectionStatus
+from .types import (
+    BroadcastInfo,
+    ClientCredentials,
+    ClientStats,
+    ConnectionStatus,
+    ResumeStats,
+)
 
 if TYPE_CHECKING:
     from ._frames import FrameRing, VideoFrame
     from ._rest import ApiClient
-    from ._resume import Resumer
 
 __all__ = ["Handlers", "Session", "StreamRequest"]
 
@@ -94,6 +99,22 @@ class StreamRequest:
     image_data_url: str | None
     broadcast: bool
     bypass_prompt_expansion: bool | None
+
+
+class SessionResumer(Protocol):
+    """What the session asks of its resumer (``odyssey_sync._resume.Resumer``)."""
+
+    def start(self) -> None: ...
+
+    def stop(self, deadline: Deadline) -> list[Connection]: ...
+
+    def stats(self) -> ResumeStats: ...
+
+    def absorbs(self, conn: Connection, event: StreamError) -> bool: ...
+
+    def absorbs_loss(self, conn: Connection, exc: OdysseyError) -> bool: ...
+
+    def switched(self, conn: Connection, gap: float) -> None: ...
 
 
 class Session:
@@ -140,7 +161,7 @@ class Session:
         #: notified on every status change and stream switch (waiters re-check)
         self.changed = threading.Condition(self.lock)
         self._numbers = 0
-        self.resumer: Resumer | None = None
+        self.resumer: SessionResumer | None = None
 
     # ----------------------------------------------------------------- state
     @property
