@@ -162,6 +162,8 @@ class Session:
         self.changed = threading.Condition(self.lock)
         self._numbers = 0
         self.resumer: SessionResumer | None = None
+        #: why the session ended on its own (the server or the network), if it did
+        self.lost: str | None = None
 
     # ----------------------------------------------------------------- state
     @property
@@ -390,6 +392,7 @@ class Session:
             if conn is not self.conn or self.closing:
                 return
             self.closing = True
+            self.lost = error_text(exc)
             if clean:
                 self.set_status(ConnectionStatus.DISCONNECTED, exc.message)
             else:

@@ -568,9 +568,12 @@ class Odyssey(OfflineMethods):
         except OdysseyStreamError:
             session = self._session
             status = session.status.value if session is not None else "disconnected"
-            lost = session is not None and session.status is ConnectionStatus.FAILED
-            detail = "the connection was lost" if lost else "requires a connected client"
-            raise OdysseyStreamError(f"{what} {detail} (status: {status})") from None
+            if session is not None and session.lost is not None:
+                raise OdysseyStreamError(
+                    f"{what}: the connection was lost ({session.lost}; status: {status})"
+                ) from None
+            raise OdysseyStreamError(
+                f"{what} requires a connected client (status: {status})") from None
 
     # ------------------------------------------------------------- frame pull
     def _frame_session(self, what: str) -> Session:

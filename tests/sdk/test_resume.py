@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from odyssey_sync.client import Odyssey
-from odyssey_sync.errors import OdysseyConnectionError
+from odyssey_sync.errors import OdysseyConnectionError, OdysseyStreamError
 from odyssey_sync.local import LocalOdyssey
 from odyssey_sync.local.render.stamp import decode_stamp
 from odyssey_sync.types import ConnectionStatus
@@ -234,3 +234,16 @@ def test_without_resume_the_stream_limit_ends_the_session(server: LocalOdyssey) 
         assert errors == [("session_timeout", "Stream ended: credit lease expired")]
         with pytest.raises(OdysseyConnectionError):
             client.get_latest_frame(timeout=0)
+
+
+def test_calls_after_the_server_ended_the_session_say_the_connection_was_lost(
+    server: LocalOdyssey,
+) -> None:
+    """Without resume the stream limit ends the session; the next call says why."""
+    with Odyssey(server.api_key, api_url=server.url) as client:
+        ended = threading.Event()
+        client.connect(on_disconnected=ended.set)
+        client.start_stream("short life")
+        assert ended.wait(10)
+        with pytest.raises(OdysseyStreamError, match="connection was lost"):
+            client.end_stream()
