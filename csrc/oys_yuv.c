@@ -579,6 +579,31 @@ rows_avx2(const uint8_t *y0, const uint8_t *y1, const uint8_t *u, const uint8_t 
 
 /* ------------------------------------------------------- resampler, AVX2 tier */
 
+/* Prefetch cursor over the source rows of the next band: while one band is in its
+ * compute-bound phases (horizontal pass, conversion), the next band's rows stream in
+ * from memory, so reading a frame fresh from the decoder overlaps the arithmetic. */
+typedef struct {
+    const uint8_t *base[3];
+    ptrdiff_t stride[3];
+    int rows[3], bytes[3];
+    int p, r, x;
+} oys_prefetch;
+
+static inline void prefetch_step(oys_prefetch *c, int lines)
+{
+    while (lines-- > 0 && c->p < 3) {
+        _mm_prefetch((const char *)(c->base[c->p] + c->r * c->stride[c->p] + c->x), _MM_HINT_T0);
+        c->x += 64;
+        if (c->x >= c->bytes[c->p]) {
+            c->x = 0;
+            if (++c->r >= c->rows[c->p]) {
+                c->r = 0;
+                c->p++;
+            }
+        }
+    }
+}
+
 /* In-place transpose of a 16 x 16 block of 16-bit values (row k -> column k). */
 __attribute__((target("avx2"))) static inline void transpose16(__m256i *m)
 {
@@ -738,9 +763,11 @@ vpass_avx2(const oys_plane *pl, const oys_axis *ay, int oy0, int nrows, int xlo,
 /* Horizontal pass: each output column is 16 output rows, so every tap is one
  * broadcast multiply-add over a whole vector. */
 __attribute__((target("avx2"))) static void
-hpass_avx2(const uint16_t *col, int xlo, const oys_axis *ax, uint16_t *out)
+hpass_avx2(const uint16_t *col, int xlo, const oys_axis *ax, uint16_t *out, oys_prefetch *pf,
+           int pf_every)
 {
     for (int j = 0; j < ax->n; j++) {
+        if (j % pf_every == 0) prefetch_step(pf, 1);
         const uint16_t *c = col + (size_t)(ax->start[j] - xlo) * OYS_BAND;
         const uint16_t *w = ax->w + (size_t)j * ax->taps;
         __m256i acc = _mm256_setzero_si256();
@@ -806,7 +833,7 @@ hpass_rows_avx2(const uint16_t *rows, size_t rs, int nrows, int k, uint16_t w, i
 __attribute__((target("avx2"))) static void
 convert_band_avx2(const uint16_t *qy, const uint16_t *qu, const uint16_t *qv, int nrows,
                   int out_w, uint8_t *dst, ptrdiff_t dst_stride, int out_format,
-                  const oys_coeffs *c, size_t row_major_stride)
+                  const oys_coeffs *c, size_t row_major_stride, oys_prefetch *pf, int pf_lines)
 {
     const int bpp = out_format == OYS_RGBA ? 4 : 3, bgr = out_format == OYS_BGR24;
     const __m256i yoff = _mm256_set1_epi16((short)(c->yoff * 16)), coff = _mm256_set1_epi16(16384);
@@ -833,6 +860,7 @@ convert_band_avx2(const uint16_t *qy, const uint16_t *qu, const uint16_t *qv, in
         }
         const int n = out_w - jb < 16 ? out_w - jb : 16;
         for (int k = 0; k < nrows; k++) {
+            prefetch_step(pf, pf_lines);
             __m256i y = rms ? _mm256_loadu_si256((const __m256i *)(qy + k * rms + jb)) : Y[k];
             __m256i u = rms ? _mm256_loadu_si256((const __m256i *)(qu + k * rms + jb)) : U[k];
             __m256i v = rms ? _mm256_loadu_si256((const __m256i *)(qv + k * rms + jb)) : V[k];
@@ -1153,6 +1181,28 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
 
     for (int oy0 = 0; oy0 < out_h; oy0 += OYS_BAND) {
         const int nrows = out_h - oy0 < OYS_BAND ? out_h - oy0 : OYS_BAND;
+#if OYS_X86
+        oys_prefetch pf = {{0}, {0}, {0}, {0}, 3, 0, 0}; /* p = 3: nothing to prefetch */
+        int pf_total = 0;
+        if (level >= OYS_LEVEL_AVX2 && oy0 + OYS_BAND < out_h) {
+            const int last = oy0 + 2 * OYS_BAND - 1 < out_h ? oy0 + 2 * OYS_BAND - 1 : out_h - 1;
+            for (int p = 0; p < 3; p++) {
+                const int r0 = ay[p]->start[oy0 + OYS_BAND], r1 = ay[p]->start[last] + ay[p]->taps;
+                const int xlo = ax[p]->start[0], xhi = ax[p]->start[ax[p]->n - 1] + ax[p]->taps;
+                pf.base[p] = planes[p].p - planes[p].odd + (ptrdiff_t)r0 * planes[p].stride +
+                             (ptrdiff_t)xlo * planes[p].step;
+                pf.stride[p] = planes[p].stride;
+                pf.rows[p] = r1 - r0;
+                pf.bytes[p] = (xhi - xlo) * planes[p].step;
+                pf_total += pf.rows[p] * ((pf.bytes[p] + 63) / 64);
+            }
+            pf.p = 0;
+        }
+        /* spread over the band's work, at most 8 lines at a time (bursts stall the core) */
+        int pf_row = pf_total / (OYS_BAND * ((out_w + 15) / 16) + 1) + 1;
+        if (pf_row > 8) pf_row = 8;
+        const int pf_col = (3 * out_w) / (pf_total / 2 + 1) + 1;
+#endif
         for (int p = 0; p < 3; p++) {
             const int xlo = ax[p]->start[0], xhi = ax[p]->start[ax[p]->n - 1] + ax[p]->taps;
             int x = xlo, j = 0;
@@ -1169,7 +1219,7 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
             vpass_scalar(&planes[p], ay[p], oy0, nrows, xlo, x, xhi, col);
 #if OYS_X86
             if (level >= OYS_LEVEL_AVX2) {
-                hpass_avx2(col, xlo, ax[p], q[p]);
+                hpass_avx2(col, xlo, ax[p], q[p], &pf, pf_col);
                 j = out_w;
             }
 #endif
@@ -1179,7 +1229,7 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
 #if OYS_X86
         if (level >= OYS_LEVEL_AVX2) {
             convert_band_avx2(q[0], q[1], q[2], nrows, out_w, d, dst_stride, out_format, &c,
-                              row_major ? padded_w : 0);
+                              row_major ? padded_w : 0, &pf, pf_row);
             continue;
         }
 #endif
