@@ -5,8 +5,8 @@ Run from the repo root:  python3 benchmarks/bench_resize.py [--iterations 200]
 
 Every timed call gets a frame that was decoded just before it and never
 converted: the situation in the client, where the track reader converts each
-frame right after the decoder wrote it (the planes are in cache, as they are
-there). Cases, for each target size:
+frame right after the decoder wrote it (on a 2-core machine the planes then
+come mostly from memory: see the floor). Cases, for each target size:
 
 * ``ours``: ``convert_frame(frame, size=(w, h), out=...)`` -- resampled (area)
   and converted in one native pass into a preallocated array;
