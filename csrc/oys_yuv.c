@@ -1017,38 +1017,48 @@ static int axis_ok(const oys_axis *a, int extent)
 
 /* Vertical pass for output rows oy0 .. oy0+nrows-1 and source columns [x0, x1), into
  * the column-major band buffer col[(x - xlo) * 16 + k] (rows k >= nrows zero). Values
- * are Q8: the sum over runs of (sum of the run's samples * w) >> 8 (see build_runs). */
+ * are Q8: the sum over runs of (sum of the run's samples * w) >> 8 (see build_runs).
+ * Rows are streamed whole (contiguous loops the compiler vectorises, NEON included);
+ * sum and acc are two rows of work space of at least x1 - x0 elements. */
 static void vpass_scalar(const oys_plane *pl, const oys_axis *ay, int oy0, int nrows, int xlo,
-                         int x0, int x1, uint16_t *col)
+                         int x0, int x1, uint16_t *col, uint16_t *restrict sum,
+                         uint16_t *restrict acc)
 {
     oys_run runs[OYS_MAX_RUNS];
+    const int n = x1 - x0, step = pl->step;
     for (int k = 0; k < OYS_BAND; k++) {
-        uint16_t *dk = col + k;
+        uint16_t *dk = col + (size_t)(x0 - xlo) * OYS_BAND + k;
         if (k >= nrows) {
-            for (int x = x0; x < x1; x++) dk[(size_t)(x - xlo) * OYS_BAND] = 0;
+            for (int x = 0; x < n; x++) dk[(size_t)x * OYS_BAND] = 0;
             continue;
         }
         const int oy = oy0 + k;
         const uint16_t *w = ay->w + (size_t)oy * ay->taps;
-        /* More runs than the cap (no table of ours): one tap at a time; the SIMD tier
-         * leaves such planes to this code entirely. */
+        const uint8_t *row = pl->p + (ptrdiff_t)ay->start[oy] * pl->stride + (ptrdiff_t)x0 * step;
         const int nruns = build_runs(w, ay->taps, runs);
-        const uint8_t *row = pl->p + (ptrdiff_t)ay->start[oy] * pl->stride;
-        for (int x = x0; x < x1; x++) {
-            const uint8_t *s = row + (ptrdiff_t)x * pl->step;
-            uint32_t acc = 0;
-            if (nruns >= 0) {
-                for (int r = 0; r < nruns; r++) {
-                    uint32_t sum = 0;
-                    for (int t = runs[r].t0; t < runs[r].t0 + runs[r].len; t++)
-                        sum += s[(ptrdiff_t)t * pl->stride];
-                    acc += sum * runs[r].w >> 8;
+        for (int x = 0; x < n; x++) acc[x] = 0;
+        if (nruns >= 0) {
+            for (int r = 0; r < nruns; r++) {
+                for (int x = 0; x < n; x++) sum[x] = 0;
+                for (int t = runs[r].t0; t < runs[r].t0 + runs[r].len; t++) {
+                    const uint8_t *s = row + (ptrdiff_t)t * pl->stride;
+                    if (step == 1)
+                        for (int x = 0; x < n; x++) sum[x] = (uint16_t)(sum[x] + s[x]);
+                    else
+                        for (int x = 0; x < n; x++) sum[x] = (uint16_t)(sum[x] + s[2 * x]);
                 }
-            } else {
-                for (int t = 0; t < ay->taps; t++) acc += (uint32_t)s[(ptrdiff_t)t * pl->stride] * w[t] >> 8;
+                const uint32_t rw = runs[r].w;
+                for (int x = 0; x < n; x++) acc[x] = (uint16_t)(acc[x] + ((sum[x] * rw) >> 8));
             }
-            dk[(size_t)(x - xlo) * OYS_BAND] = (uint16_t)acc;
+        } else { /* more runs than the cap (no table of ours): one tap at a time */
+            for (int t = 0; t < ay->taps; t++) {
+                const uint8_t *s = row + (ptrdiff_t)t * pl->stride;
+                const uint32_t tw = w[t];
+                for (int x = 0; x < n; x++)
+                    acc[x] = (uint16_t)(acc[x] + ((s[(ptrdiff_t)x * step] * tw) >> 8));
+            }
         }
+        for (int x = 0; x < n; x++) dk[(size_t)x * OYS_BAND] = acc[x];
     }
 }
 
@@ -1058,11 +1068,13 @@ static void hpass_scalar(const uint16_t *col, int xlo, const oys_axis *ax, int j
     for (int j = j0; j < ax->n; j++) {
         const uint16_t *c = col + (size_t)(ax->start[j] - xlo) * OYS_BAND;
         const uint16_t *w = ax->w + (size_t)j * ax->taps;
-        for (int k = 0; k < OYS_BAND; k++) {
-            uint32_t acc = 0;
-            for (int t = 0; t < ax->taps; t++) acc += (uint32_t)c[t * OYS_BAND + k] * w[t] >> 16;
-            out[(size_t)j * OYS_BAND + k] = (uint16_t)acc;
+        uint16_t acc[OYS_BAND] = {0};
+        for (int t = 0; t < ax->taps; t++) {
+            const uint32_t tw = w[t];
+            for (int k = 0; k < OYS_BAND; k++)
+                acc[k] = (uint16_t)(acc[k] + ((c[t * OYS_BAND + k] * tw) >> 16));
         }
+        memcpy(out + (size_t)j * OYS_BAND, acc, sizeof acc);
     }
 }
 
@@ -1071,22 +1083,30 @@ static inline int mulhrs(int a, int b) { return (a * b + (1 << 14)) >> 15; }
 
 /* Q8 Y, U, V -> rounded RGB. Q7 inputs (offsets removed) times 3.13 coefficients with
  * pmulhrsw give Q5 terms (each rounded, so the sum is within 0.05 of exact), then
- * (sum + 16) >> 5. All terms fit 16 bits. The SIMD tier does exactly this. */
+ * (sum + 16) >> 5. All terms fit 16 bits. The SIMD tier does exactly this. One band row
+ * at a time is first gathered out of the column-major buffers into contiguous rows
+ * (row[3][out_w] of work space), so the conversion loop vectorises. */
 static void convert_band_scalar(const uint16_t *qy, const uint16_t *qu, const uint16_t *qv,
                                 int nrows, int out_w, uint8_t *dst, ptrdiff_t dst_stride,
-                                int out_format, const oys_coeffs *c)
+                                int out_format, const oys_coeffs *c, uint16_t *restrict row)
 {
     const int bpp = out_format == OYS_RGBA ? 4 : 3, ri = out_format == OYS_BGR24 ? 2 : 0;
+    uint16_t *restrict ry = row, *restrict ru = row + out_w, *restrict rv = row + 2 * (size_t)out_w;
+    const int yc = c->yc, vr = c->vr, ug = c->ug, vg = c->vg, ub = c->ub, yo = c->yoff * 16;
     for (int k = 0; k < nrows; k++) {
-        uint8_t *d = dst + (ptrdiff_t)k * dst_stride;
         for (int j = 0; j < out_w; j++) {
-            const size_t i = (size_t)j * OYS_BAND + k;
-            const int yt = mulhrs((qy[i] >> 1) - c->yoff * 16, c->yc) + 16;
-            const int uu = (qu[i] >> 1) - 16384, vv = (qv[i] >> 1) - 16384;
+            ry[j] = qy[(size_t)j * OYS_BAND + k];
+            ru[j] = qu[(size_t)j * OYS_BAND + k];
+            rv[j] = qv[(size_t)j * OYS_BAND + k];
+        }
+        uint8_t *restrict d = dst + (ptrdiff_t)k * dst_stride;
+        for (int j = 0; j < out_w; j++) {
+            const int yt = mulhrs((ry[j] >> 1) - yo, yc) + 16;
+            const int uu = (ru[j] >> 1) - 16384, vv = (rv[j] >> 1) - 16384;
             uint8_t *p = d + (size_t)j * bpp;
-            p[ri] = clamp_u8((yt + mulhrs(vv, c->vr)) >> 5);
-            p[1] = clamp_u8((yt + mulhrs(uu, c->ug) + mulhrs(vv, c->vg)) >> 5);
-            p[2 - ri] = clamp_u8((yt + mulhrs(uu, c->ub)) >> 5);
+            p[ri] = clamp_u8((yt + mulhrs(vv, vr)) >> 5);
+            p[1] = clamp_u8((yt + mulhrs(uu, ug) + mulhrs(vv, vg)) >> 5);
+            p[2 - ri] = clamp_u8((yt + mulhrs(uu, ub)) >> 5);
             if (bpp == 4) p[3] = 255;
         }
     }
@@ -1119,9 +1139,11 @@ static int runs_fit(const oys_axis *a)
 size_t oys_resample_scratch(int src_w, int out_w)
 {
     if (src_w < 0 || out_w < 0) return 0;
-    /* row accumulators (SIMD vertical pass), the column-major band, 3 output planes */
+    /* row accumulators (SIMD vertical pass), the column-major band, 3 output planes,
+     * 3 rows for the scalar conversion */
     const size_t padded_w = ((size_t)out_w + OYS_BAND - 1) / OYS_BAND * OYS_BAND;
-    return (2 * (size_t)OYS_BAND + 1) * ((size_t)src_w + 2 * OYS_BAND) + 3 * padded_w * OYS_BAND;
+    return (2 * (size_t)OYS_BAND + 1) * ((size_t)src_w + 2 * OYS_BAND) +
+           3 * padded_w * OYS_BAND + 3 * padded_w;
 }
 
 int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
@@ -1156,7 +1178,6 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
     const size_t padded_w = ((size_t)out_w + OYS_BAND - 1) / OYS_BAND * OYS_BAND;
     const size_t span = ((size_t)src_w + 2 * OYS_BAND) * OYS_BAND;
     uint16_t *rows = scratch, *col = scratch + span + ((size_t)src_w + 2 * OYS_BAND);
-    (void)rows; /* SIMD tier only */
     uint16_t *q[3];
     for (int p = 0; p < 3; p++) {
         q[p] = col + span + p * padded_w * OYS_BAND;
@@ -1216,7 +1237,8 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
             if (level >= OYS_LEVEL_AVX2)
                 x = vpass_avx2(&planes[p], ay[p], oy0, nrows, xlo, xhi, rows, col, 1);
 #endif
-            vpass_scalar(&planes[p], ay[p], oy0, nrows, xlo, x, xhi, col);
+            vpass_scalar(&planes[p], ay[p], oy0, nrows, xlo, x, xhi, col, rows,
+                         rows + ((size_t)src_w + 2 * OYS_BAND));
 #if OYS_X86
             if (level >= OYS_LEVEL_AVX2) {
                 hpass_avx2(col, xlo, ax[p], q[p], &pf, pf_col);
@@ -1233,7 +1255,8 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
             continue;
         }
 #endif
-        convert_band_scalar(q[0], q[1], q[2], nrows, out_w, d, dst_stride, out_format, &c);
+        convert_band_scalar(q[0], q[1], q[2], nrows, out_w, d, dst_stride, out_format, &c,
+                            q[2] + padded_w * OYS_BAND);
     }
     return OYS_OK;
 }

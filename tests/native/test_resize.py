@@ -192,6 +192,7 @@ SIZE_PAIRS = [
     ((40, 30), (40, 30)),      # same size (resampled at 1:1)
     ((40, 30), (90, 70)),      # upscale
     ((36, 18), (48, 18)),      # upscale one axis only
+    ((4, 4), (600, 3)),        # extreme upscale: the output far wider than the source
 ]
 
 
