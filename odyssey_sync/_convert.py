@@ -307,6 +307,7 @@ def _store_rgb(out: U8Array, fmt: str, r: npt.NDArray[np.float32], g: npt.NDArra
         out[:, :, 3] = 255
 
 
+_IDENTITY: Final = FrameGeometry()
 _scratch_local = threading.local()
 
 
@@ -510,7 +511,8 @@ def convert_frame(
     """
     fmt = _check_format(format)
     frame = _check_av_frame(frame)
-    geometry = FrameGeometry(size, crop, resize)
+    geometry = _IDENTITY if size is None and crop is None and resize == "area" else FrameGeometry(
+        size, crop, resize)
     ow, oh = geometry.output_size(int(frame.width), int(frame.height))
     shape = (oh, ow, _CHANNELS[fmt])
     target = np.empty(shape, np.uint8) if out is None else _check_out(out, shape)
