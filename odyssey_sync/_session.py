@@ -164,6 +164,7 @@ class Session:
         self.resumer: SessionResumer | None = None
         #: why the session ended on its own (the server or the network), if it did
         self.lost: str | None = None
+        self._teardown: threading.Thread | None = None
 
     # ----------------------------------------------------------------- state
     @property
@@ -520,9 +521,22 @@ class Session:
 
         # daemon: teardown is bounded, but must never be what keeps the process alive.
         thread = threading.Thread(target=run, name=f"{self.name}-teardown", daemon=True)
-        self.teardown_thread = thread
+        self._teardown = thread
         thread.start()
         return thread
+
+    def wait_closed(self, timeout: float | None) -> bool:
+        """Wait for a teardown started elsewhere; join its helper thread. True when done.
+
+        Never joins the calling thread (a callback waiting on its own session).
+        """
+        if not self.closed.wait(timeout):
+            return False
+        thread = self._teardown
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
 
 def _step(deadline: Deadline, cap: float = 5.0) -> float:

@@ -645,7 +645,7 @@ def _on_own_thread(session: Session) -> bool:
 def _join(session: Session, deadline: Deadline) -> bool:
     """Wait for a session's background teardown; True once it has finished."""
     left = deadline.clamp(10.0)
-    return session.closed.wait(10.0 if left is None else left)
+    return session.wait_closed(10.0 if left is None else left)
 
 
 def _as_connect_error(exc: BaseException) -> BaseException:
