@@ -10,9 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
+
+_Item = TypeVar("_Item")
+_Page = TypeVar("_Page")
 
 __all__ = [
     "BroadcastInfo",
@@ -100,6 +104,33 @@ def _req_str(d: dict[str, Any], key: str, default: str | None = None) -> str:
     if not isinstance(v, str):
         raise ValueError(f"response field {key!r} missing or not a string")
     return v
+
+
+def _objects(
+    d: dict[str, Any], key: str, parse: Callable[[dict[str, Any]], _Item]
+) -> list[_Item]:
+    """Parse each JSON object of the list under *key* (anything else there counts as empty)."""
+    items = d.get(key)
+    if not isinstance(items, list):
+        return []
+    return [parse(item) for item in items if isinstance(item, dict)]
+
+
+def _page(
+    page_type: Callable[[list[_Item], int, int, int], _Page],
+    d: dict[str, Any],
+    key: str,
+    parse: Callable[[dict[str, Any]], _Item],
+) -> _Page:
+    """Parse one page of a listing: its items under *key*, then total, limit and offset
+    (a missing total or limit is the number of items, a missing offset 0)."""
+    items = _objects(d, key, parse)
+    return page_type(
+        items,
+        _opt_int(d, "total") or len(items),
+        _opt_int(d, "limit") or len(items),
+        _opt_int(d, "offset") or 0,
+    )
 
 
 @dataclass(frozen=True)
@@ -280,15 +311,7 @@ class StreamRecordingsList:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamRecordingsList:
         """Parse the service's JSON object (unknown keys are ignored)."""
-        recs = d.get("recordings")
-        recs = recs if isinstance(recs, list) else []
-        items = [StreamRecordingInfo.from_dict(r) for r in recs if isinstance(r, dict)]
-        return cls(
-            recordings=items,
-            total=_opt_int(d, "total") or len(items),
-            limit=_opt_int(d, "limit") or len(items),
-            offset=_opt_int(d, "offset") or 0,
-        )
+        return _page(cls, d, "recordings", StreamRecordingInfo.from_dict)
 
 
 @dataclass(frozen=True)
@@ -363,7 +386,6 @@ class SimulationJobDetail:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationJobDetail:
         """Parse the service's JSON object (unknown keys are ignored)."""
-        streams = d.get("streams")
         return cls(
             job_id=_req_str(d, "job_id"),
             status=SimulationJobStatus(_req_str(d, "status")),
@@ -376,9 +398,7 @@ class SimulationJobDetail:
             assigned_region=_opt_str(d, "assigned_region"),
             retry_count=_opt_int(d, "retry_count") or 0,
             estimated_wait_minutes=_opt_float(d, "estimated_wait_minutes"),
-            streams=[SimulationStream.from_dict(s) for s in streams if isinstance(s, dict)]
-            if isinstance(streams, list)
-            else [],
+            streams=_objects(d, "streams", SimulationStream.from_dict),
         )
 
 
@@ -394,15 +414,7 @@ class SimulationJobsList:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationJobsList:
         """Parse the service's JSON object (unknown keys are ignored)."""
-        jobs = d.get("jobs")
-        jobs = jobs if isinstance(jobs, list) else []
-        items = [SimulationJobInfo.from_dict(j) for j in jobs if isinstance(j, dict)]
-        return cls(
-            jobs=items,
-            total=_opt_int(d, "total") or len(items),
-            limit=_opt_int(d, "limit") or len(items),
-            offset=_opt_int(d, "offset") or 0,
-        )
+        return _page(cls, d, "jobs", SimulationJobInfo.from_dict)
 
 
 # ------------------------------------------------------------------- stats
