@@ -6,12 +6,17 @@ API-mode extension in. The environment switch ``ODYSSEY_SYNC_NATIVE`` decides:
 * ``0``   -- do not build it; the package uses its NumPy converter (warns once).
 * ``1``   -- build it, and fail the install if it cannot be built.
 * unset   -- try to build it; if compilation fails, install without it.
+
+The extension uses only CPython's limited API (cffi API mode supports it), so a
+wheel built here is tagged ``cp310-abi3``: one wheel per platform serves every
+CPython >= 3.10. Free-threaded builds have no stable ABI and get a normal tag.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from typing import Any
 
 from setuptools import setup  # type: ignore[import-untyped]
@@ -49,10 +54,15 @@ class OptionalBuildExt(build_ext):  # type: ignore[misc]
         )
 
 
+# The oldest CPython the wheel's stable-ABI tag promises (pyproject: requires-python).
+_ABI3_TAG = "cp310"
+_FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
 if _MODE == "0":
     setup()
 else:
     setup(
         cffi_modules=["odyssey_sync/_build_yuv.py:ffibuilder"],
         cmdclass={"build_ext": OptionalBuildExt},
+        options={} if _FREE_THREADED else {"bdist_wheel": {"py_limited_api": _ABI3_TAG}},
     )

@@ -24,8 +24,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from odyssey_sync import _frames
-from odyssey_sync._frames import FrameRing, convert_frame, native_available
+from odyssey_sync import _convert
+from odyssey_sync._convert import convert_frame, native_available
+from odyssey_sync._frames import FrameRing
 
 
 def decoded_frame(width: int, height: int) -> av.VideoFrame:
@@ -82,11 +83,11 @@ def run(width: int, height: int, iterations: int) -> None:
         pass
 
     def numpy_path() -> None:
-        _frames._convert_into(frame, "rgb24", out, _frames._NUMPY_CONVERTER)
+        _convert._convert_into(frame, "rgb24", out, _convert._NUMPY_CONVERTER)
 
     cases.append(("odyssey_sync NumPy fallback", numpy_path, None))
     if native_available():
-        ffi, lib = _frames._NATIVE  # type: ignore[misc]
+        ffi, lib = _convert._NATIVE  # type: ignore[misc]
         cases.append(("odyssey_sync native convert_frame(out=)",
                       lambda: convert_frame(frame, out=out), None))
         ring = FrameRing(slots=4)

@@ -133,9 +133,9 @@ def run_ours(url: str, seconds: float, work_s: float, low_latency: bool = True) 
     decoded_at: dict[int, float] = {}
     original_write = _frames.FrameRing.write
 
-    def timed_write(self: Any, frame: Any, timestamp_ms: int | None = None) -> int | None:
+    def timed_write(self: Any, frame: Any, *args: Any, **kwargs: Any) -> int | None:
         t = time.monotonic()
-        seq = original_write(self, frame, timestamp_ms)
+        seq = original_write(self, frame, *args, **kwargs)
         if seq is not None and window.active:
             decoded_at[seq] = t
             run.pull_overhead_ms.append((time.monotonic() - t) * 1000)

@@ -206,6 +206,33 @@ async def _consume(track: MediaStreamTrack, got: Received, last: int, timeout: f
             return
 
 
+class _VideoConsumer:
+    """Consumes the video track *pc* receives into *got* (frames up to *last*)."""
+
+    def __init__(self, pc: RTCPeerConnection, got: Received, last: int, timeout: float) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self._timeout = timeout
+
+        @pc.on("track")
+        def on_track(remote: MediaStreamTrack) -> None:
+            if remote.kind == "video":
+                self.task = asyncio.ensure_future(_consume(remote, got, last, timeout))
+
+    async def wait(self) -> None:
+        """Wait for the track (its event fires during connect), then for its last frame;
+        gives up on a track that has not come within the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while self.task is None and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.task is not None:
+            await self.task
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
 def _config() -> RTCConfiguration:
     # Host candidates only: any STUN/TURN URL would make gathering wait (PITFALLS).
     return RTCConfiguration(iceServers=[])
@@ -262,14 +289,8 @@ async def run_loopback(
     track = StampedTrack(width, height, fps)
     got = Received()
     send, recv = RTCPeerConnection(_config()), RTCPeerConnection(_config())
-    consumer: asyncio.Task[None] | None = None
+    consumer = _VideoConsumer(recv, got, frames - 1, timeout)
     seam: RtpFaultSeam | None = None
-
-    @recv.on("track")
-    def on_track(remote: MediaStreamTrack) -> None:
-        nonlocal consumer
-        if remote.kind == "video":
-            consumer = asyncio.ensure_future(_consume(remote, got, frames - 1, timeout))
 
     try:
         sender = send.addTrack(track)
@@ -281,19 +302,13 @@ async def run_loopback(
         seam.install()
         if inspect:
             _record(got, sender, seam, _video_receivers(recv)[0])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while consumer is None and loop.time() < deadline:
-            await asyncio.sleep(0.01)  # the track event fires during connect
-        if consumer is not None:
-            await consumer
+        await consumer.wait()
         if got.frames:
             got.wall_s = time.monotonic() - got.first_at
         _finish(got, recv)
         got.dropped_by_seam, got.swapped_by_seam = seam.dropped, seam.swapped
     finally:
-        if consumer is not None:
-            consumer.cancel()
+        consumer.cancel()
         if seam is not None:
             seam.close()
         await recv.close()
@@ -363,30 +378,19 @@ async def _receive_from_process(
     loop = asyncio.get_running_loop()
     got = Received()
     pc = RTCPeerConnection(_config())
-    consumer: asyncio.Task[None] | None = None
-
-    @pc.on("track")
-    def on_track(remote: MediaStreamTrack) -> None:
-        nonlocal consumer
-        if remote.kind == "video":
-            consumer = asyncio.ensure_future(_consume(remote, got, frames - 1, timeout))
+    consumer = _VideoConsumer(pc, got, frames - 1, timeout)
 
     try:
         sdp, kind = await loop.run_in_executor(None, conn.recv)
         await _answer(pc, RTCSessionDescription(sdp=sdp, type=kind), low_latency)
         conn.send((pc.localDescription.sdp, pc.localDescription.type))
-        deadline = loop.time() + timeout
-        while consumer is None and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        if consumer is not None:
-            await consumer
+        await consumer.wait()
         if got.frames:
             got.cpu_s = time.process_time() - got.first_cpu
             got.wall_s = time.monotonic() - got.first_at
         _finish(got, pc)
     finally:
-        if consumer is not None:
-            consumer.cancel()
+        consumer.cancel()
         conn.send("done")
         got.dropped_by_seam, got.swapped_by_seam = await loop.run_in_executor(None, conn.recv)
         await pc.close()

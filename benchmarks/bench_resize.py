@@ -5,8 +5,8 @@ Run from the repo root:  python3 benchmarks/bench_resize.py [--iterations 200]
 
 Every timed call gets a frame that was decoded just before it and never
 converted: the situation in the client, where the track reader converts each
-frame right after the decoder wrote it (the planes are in cache, as they are
-there). Cases, for each target size:
+frame right after the decoder wrote it (on a 2-core machine the planes then
+come mostly from memory: see the floor). Cases, for each target size:
 
 * ``ours``: ``convert_frame(frame, size=(w, h), out=...)`` -- resampled (area)
   and converted in one native pass into a preallocated array;
@@ -161,7 +161,8 @@ def load_line() -> str:
     return f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {os.cpu_count()} CPUs"
 
 
-def run(iterations: int) -> tuple[list[str], list[str]]:
+def run(iterations: int, sizes: tuple[tuple[int, int], ...] = SIZES) -> tuple[
+        list[str], list[str]]:
     frames = fresh_frames(encode_clip())
     load_before = load_line()
     rows: list[tuple[str, str, float, float, float]] = []
@@ -170,7 +171,7 @@ def run(iterations: int) -> tuple[list[str], list[str]]:
     floor_med = float(np.median(floor))
     rows.append(("all", "floor: read the planes once (np.copyto)", floor_med,
                  float(np.percentile(floor, 90)), 0.0))
-    for size in SIZES:
+    for size in sizes:
         cases = build_cases(size)
         cases["floor"] = floor_case()
         times = measure(cases, frames, iterations)
@@ -221,8 +222,11 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--markdown", help="splice the table into this file (between markers)")
     ap.add_argument("--docs", help="splice the table into this file too")
+    ap.add_argument("--sizes", help="target sizes, e.g. 84x84,640x352 (default: the four)")
     args = ap.parse_args()
-    table, summary = run(args.iterations)
+    sizes = SIZES if not args.sizes else tuple(
+        (int(w), int(h)) for w, h in (s.split("x") for s in args.sizes.split(",")))
+    table, summary = run(args.iterations, sizes)
     cmd = "python3 benchmarks/bench_resize.py " + " ".join(sys.argv[1:])
     block = "\n".join([f"Command: `{cmd.strip()}`", "", *table, "", *summary])
     print(block)

@@ -155,7 +155,7 @@ def unplanned_ours(srv: dict[str, str], n: int, fault: str) -> list[float]:
             reconnecting.set()
 
     with Odyssey(srv["api_key"], api_url=srv["url"], resume=True, stream_limit=None,
-                 connection_limit=None, stall_timeout=0.5) as client:
+                 connection_limit=None, stall_timeout=0.3) as client:
         client.connect(on_status_change=on_status)
         client.start_stream("weathering faults", portrait=False)
         client.get_latest_frame(timeout=10).release()
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         _row("planned seam, documented pattern", documented.gaps_ms,
              f"frames lost: {sum(documented.lost)} in {len(documented.lost)} seams"),
         *(_row(f"unplanned recovery: {kind}", values,
-               "stall detection 0.5 s included" if kind == "video stopped" else "")
+               "stall detection (0.3 s) included" if kind == "video stopped" else "")
           for kind, values in faults.items()),
         "",
     ]

@@ -579,6 +579,31 @@ rows_avx2(const uint8_t *y0, const uint8_t *y1, const uint8_t *u, const uint8_t 
 
 /* ------------------------------------------------------- resampler, AVX2 tier */
 
+/* Prefetch cursor over the source rows of the next band: while one band is in its
+ * compute-bound phases (horizontal pass, conversion), the next band's rows stream in
+ * from memory, so reading a frame fresh from the decoder overlaps the arithmetic. */
+typedef struct {
+    const uint8_t *base[3];
+    ptrdiff_t stride[3];
+    int rows[3], bytes[3];
+    int p, r, x;
+} oys_prefetch;
+
+static inline void prefetch_step(oys_prefetch *c, int lines)
+{
+    while (lines-- > 0 && c->p < 3) {
+        _mm_prefetch((const char *)(c->base[c->p] + c->r * c->stride[c->p] + c->x), _MM_HINT_T0);
+        c->x += 64;
+        if (c->x >= c->bytes[c->p]) {
+            c->x = 0;
+            if (++c->r >= c->rows[c->p]) {
+                c->r = 0;
+                c->p++;
+            }
+        }
+    }
+}
+
 /* In-place transpose of a 16 x 16 block of 16-bit values (row k -> column k). */
 __attribute__((target("avx2"))) static inline void transpose16(__m256i *m)
 {
@@ -738,9 +763,11 @@ vpass_avx2(const oys_plane *pl, const oys_axis *ay, int oy0, int nrows, int xlo,
 /* Horizontal pass: each output column is 16 output rows, so every tap is one
  * broadcast multiply-add over a whole vector. */
 __attribute__((target("avx2"))) static void
-hpass_avx2(const uint16_t *col, int xlo, const oys_axis *ax, uint16_t *out)
+hpass_avx2(const uint16_t *col, int xlo, const oys_axis *ax, uint16_t *out, oys_prefetch *pf,
+           int pf_every)
 {
     for (int j = 0; j < ax->n; j++) {
+        if (j % pf_every == 0) prefetch_step(pf, 1);
         const uint16_t *c = col + (size_t)(ax->start[j] - xlo) * OYS_BAND;
         const uint16_t *w = ax->w + (size_t)j * ax->taps;
         __m256i acc = _mm256_setzero_si256();
@@ -806,7 +833,7 @@ hpass_rows_avx2(const uint16_t *rows, size_t rs, int nrows, int k, uint16_t w, i
 __attribute__((target("avx2"))) static void
 convert_band_avx2(const uint16_t *qy, const uint16_t *qu, const uint16_t *qv, int nrows,
                   int out_w, uint8_t *dst, ptrdiff_t dst_stride, int out_format,
-                  const oys_coeffs *c, size_t row_major_stride)
+                  const oys_coeffs *c, size_t row_major_stride, oys_prefetch *pf, int pf_lines)
 {
     const int bpp = out_format == OYS_RGBA ? 4 : 3, bgr = out_format == OYS_BGR24;
     const __m256i yoff = _mm256_set1_epi16((short)(c->yoff * 16)), coff = _mm256_set1_epi16(16384);
@@ -833,6 +860,7 @@ convert_band_avx2(const uint16_t *qy, const uint16_t *qu, const uint16_t *qv, in
         }
         const int n = out_w - jb < 16 ? out_w - jb : 16;
         for (int k = 0; k < nrows; k++) {
+            prefetch_step(pf, pf_lines);
             __m256i y = rms ? _mm256_loadu_si256((const __m256i *)(qy + k * rms + jb)) : Y[k];
             __m256i u = rms ? _mm256_loadu_si256((const __m256i *)(qu + k * rms + jb)) : U[k];
             __m256i v = rms ? _mm256_loadu_si256((const __m256i *)(qv + k * rms + jb)) : V[k];
@@ -989,38 +1017,48 @@ static int axis_ok(const oys_axis *a, int extent)
 
 /* Vertical pass for output rows oy0 .. oy0+nrows-1 and source columns [x0, x1), into
  * the column-major band buffer col[(x - xlo) * 16 + k] (rows k >= nrows zero). Values
- * are Q8: the sum over runs of (sum of the run's samples * w) >> 8 (see build_runs). */
+ * are Q8: the sum over runs of (sum of the run's samples * w) >> 8 (see build_runs).
+ * Rows are streamed whole (contiguous loops the compiler vectorises, NEON included);
+ * sum and acc are two rows of work space of at least x1 - x0 elements. */
 static void vpass_scalar(const oys_plane *pl, const oys_axis *ay, int oy0, int nrows, int xlo,
-                         int x0, int x1, uint16_t *col)
+                         int x0, int x1, uint16_t *col, uint16_t *restrict sum,
+                         uint16_t *restrict acc)
 {
     oys_run runs[OYS_MAX_RUNS];
+    const int n = x1 - x0, step = pl->step;
     for (int k = 0; k < OYS_BAND; k++) {
-        uint16_t *dk = col + k;
+        uint16_t *dk = col + (size_t)(x0 - xlo) * OYS_BAND + k;
         if (k >= nrows) {
-            for (int x = x0; x < x1; x++) dk[(size_t)(x - xlo) * OYS_BAND] = 0;
+            for (int x = 0; x < n; x++) dk[(size_t)x * OYS_BAND] = 0;
             continue;
         }
         const int oy = oy0 + k;
         const uint16_t *w = ay->w + (size_t)oy * ay->taps;
-        /* More runs than the cap (no table of ours): one tap at a time; the SIMD tier
-         * leaves such planes to this code entirely. */
+        const uint8_t *row = pl->p + (ptrdiff_t)ay->start[oy] * pl->stride + (ptrdiff_t)x0 * step;
         const int nruns = build_runs(w, ay->taps, runs);
-        const uint8_t *row = pl->p + (ptrdiff_t)ay->start[oy] * pl->stride;
-        for (int x = x0; x < x1; x++) {
-            const uint8_t *s = row + (ptrdiff_t)x * pl->step;
-            uint32_t acc = 0;
-            if (nruns >= 0) {
-                for (int r = 0; r < nruns; r++) {
-                    uint32_t sum = 0;
-                    for (int t = runs[r].t0; t < runs[r].t0 + runs[r].len; t++)
-                        sum += s[(ptrdiff_t)t * pl->stride];
-                    acc += sum * runs[r].w >> 8;
+        for (int x = 0; x < n; x++) acc[x] = 0;
+        if (nruns >= 0) {
+            for (int r = 0; r < nruns; r++) {
+                for (int x = 0; x < n; x++) sum[x] = 0;
+                for (int t = runs[r].t0; t < runs[r].t0 + runs[r].len; t++) {
+                    const uint8_t *s = row + (ptrdiff_t)t * pl->stride;
+                    if (step == 1)
+                        for (int x = 0; x < n; x++) sum[x] = (uint16_t)(sum[x] + s[x]);
+                    else
+                        for (int x = 0; x < n; x++) sum[x] = (uint16_t)(sum[x] + s[2 * x]);
                 }
-            } else {
-                for (int t = 0; t < ay->taps; t++) acc += (uint32_t)s[(ptrdiff_t)t * pl->stride] * w[t] >> 8;
+                const uint32_t rw = runs[r].w;
+                for (int x = 0; x < n; x++) acc[x] = (uint16_t)(acc[x] + ((sum[x] * rw) >> 8));
             }
-            dk[(size_t)(x - xlo) * OYS_BAND] = (uint16_t)acc;
+        } else { /* more runs than the cap (no table of ours): one tap at a time */
+            for (int t = 0; t < ay->taps; t++) {
+                const uint8_t *s = row + (ptrdiff_t)t * pl->stride;
+                const uint32_t tw = w[t];
+                for (int x = 0; x < n; x++)
+                    acc[x] = (uint16_t)(acc[x] + ((s[(ptrdiff_t)x * step] * tw) >> 8));
+            }
         }
+        for (int x = 0; x < n; x++) dk[(size_t)x * OYS_BAND] = acc[x];
     }
 }
 
@@ -1030,11 +1068,13 @@ static void hpass_scalar(const uint16_t *col, int xlo, const oys_axis *ax, int j
     for (int j = j0; j < ax->n; j++) {
         const uint16_t *c = col + (size_t)(ax->start[j] - xlo) * OYS_BAND;
         const uint16_t *w = ax->w + (size_t)j * ax->taps;
-        for (int k = 0; k < OYS_BAND; k++) {
-            uint32_t acc = 0;
-            for (int t = 0; t < ax->taps; t++) acc += (uint32_t)c[t * OYS_BAND + k] * w[t] >> 16;
-            out[(size_t)j * OYS_BAND + k] = (uint16_t)acc;
+        uint16_t acc[OYS_BAND] = {0};
+        for (int t = 0; t < ax->taps; t++) {
+            const uint32_t tw = w[t];
+            for (int k = 0; k < OYS_BAND; k++)
+                acc[k] = (uint16_t)(acc[k] + ((c[t * OYS_BAND + k] * tw) >> 16));
         }
+        memcpy(out + (size_t)j * OYS_BAND, acc, sizeof acc);
     }
 }
 
@@ -1043,22 +1083,30 @@ static inline int mulhrs(int a, int b) { return (a * b + (1 << 14)) >> 15; }
 
 /* Q8 Y, U, V -> rounded RGB. Q7 inputs (offsets removed) times 3.13 coefficients with
  * pmulhrsw give Q5 terms (each rounded, so the sum is within 0.05 of exact), then
- * (sum + 16) >> 5. All terms fit 16 bits. The SIMD tier does exactly this. */
+ * (sum + 16) >> 5. All terms fit 16 bits. The SIMD tier does exactly this. One band row
+ * at a time is first gathered out of the column-major buffers into contiguous rows
+ * (row[3][out_w] of work space), so the conversion loop vectorises. */
 static void convert_band_scalar(const uint16_t *qy, const uint16_t *qu, const uint16_t *qv,
                                 int nrows, int out_w, uint8_t *dst, ptrdiff_t dst_stride,
-                                int out_format, const oys_coeffs *c)
+                                int out_format, const oys_coeffs *c, uint16_t *restrict row)
 {
     const int bpp = out_format == OYS_RGBA ? 4 : 3, ri = out_format == OYS_BGR24 ? 2 : 0;
+    uint16_t *restrict ry = row, *restrict ru = row + out_w, *restrict rv = row + 2 * (size_t)out_w;
+    const int yc = c->yc, vr = c->vr, ug = c->ug, vg = c->vg, ub = c->ub, yo = c->yoff * 16;
     for (int k = 0; k < nrows; k++) {
-        uint8_t *d = dst + (ptrdiff_t)k * dst_stride;
         for (int j = 0; j < out_w; j++) {
-            const size_t i = (size_t)j * OYS_BAND + k;
-            const int yt = mulhrs((qy[i] >> 1) - c->yoff * 16, c->yc) + 16;
-            const int uu = (qu[i] >> 1) - 16384, vv = (qv[i] >> 1) - 16384;
+            ry[j] = qy[(size_t)j * OYS_BAND + k];
+            ru[j] = qu[(size_t)j * OYS_BAND + k];
+            rv[j] = qv[(size_t)j * OYS_BAND + k];
+        }
+        uint8_t *restrict d = dst + (ptrdiff_t)k * dst_stride;
+        for (int j = 0; j < out_w; j++) {
+            const int yt = mulhrs((ry[j] >> 1) - yo, yc) + 16;
+            const int uu = (ru[j] >> 1) - 16384, vv = (rv[j] >> 1) - 16384;
             uint8_t *p = d + (size_t)j * bpp;
-            p[ri] = clamp_u8((yt + mulhrs(vv, c->vr)) >> 5);
-            p[1] = clamp_u8((yt + mulhrs(uu, c->ug) + mulhrs(vv, c->vg)) >> 5);
-            p[2 - ri] = clamp_u8((yt + mulhrs(uu, c->ub)) >> 5);
+            p[ri] = clamp_u8((yt + mulhrs(vv, vr)) >> 5);
+            p[1] = clamp_u8((yt + mulhrs(uu, ug) + mulhrs(vv, vg)) >> 5);
+            p[2 - ri] = clamp_u8((yt + mulhrs(uu, ub)) >> 5);
             if (bpp == 4) p[3] = 255;
         }
     }
@@ -1091,9 +1139,11 @@ static int runs_fit(const oys_axis *a)
 size_t oys_resample_scratch(int src_w, int out_w)
 {
     if (src_w < 0 || out_w < 0) return 0;
-    /* row accumulators (SIMD vertical pass), the column-major band, 3 output planes */
+    /* row accumulators (SIMD vertical pass), the column-major band, 3 output planes,
+     * 3 rows for the scalar conversion */
     const size_t padded_w = ((size_t)out_w + OYS_BAND - 1) / OYS_BAND * OYS_BAND;
-    return (2 * (size_t)OYS_BAND + 1) * ((size_t)src_w + 2 * OYS_BAND) + 3 * padded_w * OYS_BAND;
+    return (2 * (size_t)OYS_BAND + 1) * ((size_t)src_w + 2 * OYS_BAND) +
+           3 * padded_w * OYS_BAND + 3 * padded_w;
 }
 
 int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
@@ -1128,7 +1178,6 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
     const size_t padded_w = ((size_t)out_w + OYS_BAND - 1) / OYS_BAND * OYS_BAND;
     const size_t span = ((size_t)src_w + 2 * OYS_BAND) * OYS_BAND;
     uint16_t *rows = scratch, *col = scratch + span + ((size_t)src_w + 2 * OYS_BAND);
-    (void)rows; /* SIMD tier only */
     uint16_t *q[3];
     for (int p = 0; p < 3; p++) {
         q[p] = col + span + p * padded_w * OYS_BAND;
@@ -1153,6 +1202,28 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
 
     for (int oy0 = 0; oy0 < out_h; oy0 += OYS_BAND) {
         const int nrows = out_h - oy0 < OYS_BAND ? out_h - oy0 : OYS_BAND;
+#if OYS_X86
+        oys_prefetch pf = {{0}, {0}, {0}, {0}, 3, 0, 0}; /* p = 3: nothing to prefetch */
+        int pf_total = 0;
+        if (level >= OYS_LEVEL_AVX2 && oy0 + OYS_BAND < out_h) {
+            const int last = oy0 + 2 * OYS_BAND - 1 < out_h ? oy0 + 2 * OYS_BAND - 1 : out_h - 1;
+            for (int p = 0; p < 3; p++) {
+                const int r0 = ay[p]->start[oy0 + OYS_BAND], r1 = ay[p]->start[last] + ay[p]->taps;
+                const int xlo = ax[p]->start[0], xhi = ax[p]->start[ax[p]->n - 1] + ax[p]->taps;
+                pf.base[p] = planes[p].p - planes[p].odd + (ptrdiff_t)r0 * planes[p].stride +
+                             (ptrdiff_t)xlo * planes[p].step;
+                pf.stride[p] = planes[p].stride;
+                pf.rows[p] = r1 - r0;
+                pf.bytes[p] = (xhi - xlo) * planes[p].step;
+                pf_total += pf.rows[p] * ((pf.bytes[p] + 63) / 64);
+            }
+            pf.p = 0;
+        }
+        /* spread over the band's work, at most 8 lines at a time (bursts stall the core) */
+        int pf_row = pf_total / (OYS_BAND * ((out_w + 15) / 16) + 1) + 1;
+        if (pf_row > 8) pf_row = 8;
+        const int pf_col = (3 * out_w) / (pf_total / 2 + 1) + 1;
+#endif
         for (int p = 0; p < 3; p++) {
             const int xlo = ax[p]->start[0], xhi = ax[p]->start[ax[p]->n - 1] + ax[p]->taps;
             int x = xlo, j = 0;
@@ -1166,10 +1237,11 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
             if (level >= OYS_LEVEL_AVX2)
                 x = vpass_avx2(&planes[p], ay[p], oy0, nrows, xlo, xhi, rows, col, 1);
 #endif
-            vpass_scalar(&planes[p], ay[p], oy0, nrows, xlo, x, xhi, col);
+            vpass_scalar(&planes[p], ay[p], oy0, nrows, xlo, x, xhi, col, rows,
+                         rows + ((size_t)src_w + 2 * OYS_BAND));
 #if OYS_X86
             if (level >= OYS_LEVEL_AVX2) {
-                hpass_avx2(col, xlo, ax[p], q[p]);
+                hpass_avx2(col, xlo, ax[p], q[p], &pf, pf_col);
                 j = out_w;
             }
 #endif
@@ -1179,11 +1251,12 @@ int oys_resample(const uint8_t *y, ptrdiff_t y_stride,
 #if OYS_X86
         if (level >= OYS_LEVEL_AVX2) {
             convert_band_avx2(q[0], q[1], q[2], nrows, out_w, d, dst_stride, out_format, &c,
-                              row_major ? padded_w : 0);
+                              row_major ? padded_w : 0, &pf, pf_row);
             continue;
         }
 #endif
-        convert_band_scalar(q[0], q[1], q[2], nrows, out_w, d, dst_stride, out_format, &c);
+        convert_band_scalar(q[0], q[1], q[2], nrows, out_w, d, dst_stride, out_format, &c,
+                            q[2] + padded_w * OYS_BAND);
     }
     return OYS_OK;
 }

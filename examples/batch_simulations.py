@@ -15,12 +15,10 @@ optionally ODYSSEY_API_URL) to use the real service::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
-from odyssey_sync import Odyssey
+from _common import open_client
+
 from odyssey_sync.errors import OdysseyStreamError
 
 SCENARIOS = {
@@ -28,23 +26,6 @@ SCENARIOS = {
     "harbour": ["A fishing harbour at dawn", "A boat leaves the harbour", "Gulls circle overhead"],
     "forest": ["A misty pine forest", "A deer steps onto the path", "Rain starts to fall"],
 }
-
-
-@contextlib.contextmanager
-def open_client(small: bool) -> Iterator[Odyssey]:
-    """The real service when ODYSSEY_API_KEY is set, else an embedded local server."""
-    api_key = os.environ.get("ODYSSEY_API_KEY")
-    if api_key:
-        with Odyssey(api_key) as client:
-            yield client
-        return
-    from odyssey_sync.local import LocalOdyssey
-
-    size, fps = ((320, 176), 15) if small else ((1280, 704), 30)
-    with LocalOdyssey(size=size, fps=fps) as server, Odyssey(
-        server.api_key, api_url=server.url
-    ) as client:
-        yield client
 
 
 def script_for(prompts: list[str], length_s: float) -> list[dict[str, object]]:
@@ -67,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    with open_client(args.small) as client:
+    with open_client(small=args.small) as client:
         jobs = {}
         for name, prompts in SCENARIOS.items():
             job = client.simulate(script=script_for(prompts, args.length), portrait=False)

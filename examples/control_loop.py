@@ -20,34 +20,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
-import os
 import time
-from collections.abc import Iterator
 
 import numpy as np
-
-from odyssey_sync import Odyssey
+from _common import open_client
 
 PERIOD_S = 0.100  # control rate: 10 Hz
-
-
-@contextlib.contextmanager
-def open_client(small: bool) -> Iterator[Odyssey]:
-    """The real service when ODYSSEY_API_KEY is set, else an embedded local server."""
-    api_key = os.environ.get("ODYSSEY_API_KEY")
-    if api_key:
-        # api_url: $ODYSSEY_API_URL or the default; resume: outlive the 150 s stream limit
-        with Odyssey(api_key, resume=True) as client:
-            yield client
-        return
-    from odyssey_sync.local import LocalOdyssey
-
-    size, fps = ((320, 176), 15) if small else ((1280, 704), 30)
-    with LocalOdyssey(size=size, fps=fps) as server, Odyssey(
-        server.api_key, api_url=server.url, resume=True
-    ) as client:
-        yield client
 
 
 def policy(rgb: np.ndarray) -> tuple[float, float]:
@@ -77,9 +55,11 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="small frames (local server only)")
     args = parser.parse_args()
 
-    with open_client(args.small) as client, concurrent.futures.ThreadPoolExecutor(
-        1, thread_name_prefix="interact"
-    ) as pool:
+    # resume: outlive the 150 s stream limit of the real service
+    with (
+        open_client(small=args.small, resume=True) as client,
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="interact") as pool,
+    ):
         client.connect()
         stream_id = client.start_stream("A rover on a red desert plain", portrait=False)
         print(f"stream {stream_id}: control loop at {1 / PERIOD_S:.0f} Hz for {args.seconds:g} s")

@@ -17,15 +17,13 @@ service::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
 
-from odyssey_sync import Odyssey
+from _common import open_client
 
 WINDOW = "odyssey"
 
@@ -34,22 +32,6 @@ CANNED = {
     ord("2"): "The lighthouse beam switches on",
     ord("3"): "A ship passes on the horizon",
 }
-
-
-@contextlib.contextmanager
-def open_client() -> Iterator[Odyssey]:
-    """The real service when ODYSSEY_API_KEY is set, else an embedded local server."""
-    api_key = os.environ.get("ODYSSEY_API_KEY")
-    if api_key:
-        with Odyssey(api_key, frame_format="bgr24") as client:
-            yield client
-        return
-    from odyssey_sync.local import LocalOdyssey
-
-    with LocalOdyssey(size=(1280, 704), fps=30) as server, Odyssey(
-        server.api_key, api_url=server.url, frame_format="bgr24"
-    ) as client:
-        yield client
 
 
 def open_window() -> Any:
@@ -84,7 +66,7 @@ def main() -> int:
     args = parser.parse_args()
     cv2 = open_window()
 
-    with open_client() as client:
+    with open_client(frame_format="bgr24") as client:
         client.connect()
         client.start_stream(args.prompt, portrait=args.portrait)
         busy = threading.Lock()  # one interaction in flight at a time

@@ -19,15 +19,12 @@ optionally ODYSSEY_API_URL) for the real service.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import threading
 import time
-from collections.abc import Iterator
 
 import pygame  # type: ignore[import-not-found, unused-ignore]  # pip install pygame
+from _common import open_client
 
-from odyssey_sync import Odyssey
 from odyssey_sync.errors import OdysseyTimeoutError
 
 KEY_PROMPTS = {
@@ -38,23 +35,6 @@ KEY_PROMPTS = {
 }
 
 
-@contextlib.contextmanager
-def open_client(small: bool) -> Iterator[Odyssey]:
-    """The real service when ODYSSEY_API_KEY is set, else an embedded local server."""
-    api_key = os.environ.get("ODYSSEY_API_KEY")
-    if api_key:
-        with Odyssey(api_key) as client:
-            yield client
-        return
-    from odyssey_sync.local import LocalOdyssey
-
-    size, fps = ((320, 176), 15) if small else ((1280, 704), 30)
-    with LocalOdyssey(size=size, fps=fps) as server, Odyssey(
-        server.api_key, api_url=server.url
-    ) as client:
-        yield client
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=None, help="quit after this long")
@@ -63,7 +43,7 @@ def main() -> int:
 
     pygame.init()
     try:
-        with open_client(args.small) as client:
+        with open_client(small=args.small) as client:
             client.connect()
             client.start_stream("A floating island above a sea of clouds", portrait=False)
             first = client.get_latest_frame(timeout=10.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 
 from cffi import FFI
 
@@ -57,6 +58,9 @@ ffibuilder.set_source(
     "#include <stddef.h>\n#include <stdint.h>\n" + CDEF,
     sources=[os.path.relpath(os.path.join(_CSRC, "oys_yuv.c"))],
     extra_compile_args=_compile_args(),
+    # Stable ABI: the module is named _yuv.abi3.so and loads on every CPython >= 3.10
+    # (setup.py tags the wheel cp310-abi3). Free-threaded CPython has no stable ABI.
+    py_limited_api=not sysconfig.get_config_var("Py_GIL_DISABLED"),
 )
 
 if __name__ == "__main__":

@@ -35,9 +35,17 @@ import numpy.typing as npt
 
 from ._resize import FrameGeometry, ResamplePlan, ResizeFilter, resample_plan, resample_plane
 
-__all__ = ["PixelFormat", "convert_frame", "native_available"]
+__all__ = [
+    "FRAME_FORMATS",
+    "FrameFormat",
+    "check_frame_format",
+    "convert_frame",
+    "native_available",
+]
 
-PixelFormat = Literal["rgb24", "bgr24", "rgba"]
+#: the pixel layouts of delivered frames (``VideoFrame.data`` channel order)
+FrameFormat = Literal["rgb24", "bgr24", "rgba"]
+FRAME_FORMATS: Final[tuple[FrameFormat, ...]] = ("rgb24", "bgr24", "rgba")
 U8Array = npt.NDArray[np.uint8]
 
 _CHANNELS: Final[dict[str, int]] = {"rgb24": 3, "bgr24": 3, "rgba": 4}
@@ -307,6 +315,7 @@ def _store_rgb(out: U8Array, fmt: str, r: npt.NDArray[np.float32], g: npt.NDArra
         out[:, :, 3] = 255
 
 
+_IDENTITY: Final = FrameGeometry()
 _scratch_local = threading.local()
 
 
@@ -330,12 +339,14 @@ def _default_converter() -> _Converter:
     return _NUMPY_CONVERTER
 
 
-def _check_format(format: object) -> str:
-    if not isinstance(format, str):
-        raise TypeError(f"format must be a str, not {type(format).__name__}")
-    if format not in _CHANNELS:
-        raise ValueError(f"format must be one of 'rgb24', 'bgr24', 'rgba', not {format!r}")
-    return format
+def check_frame_format(value: object, name: str = "format") -> FrameFormat:
+    """``value`` as a :data:`FrameFormat`; ``TypeError`` / ``ValueError`` naming ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    for fmt in FRAME_FORMATS:
+        if value == fmt:
+            return fmt
+    raise ValueError(f"{name} must be one of 'rgb24', 'bgr24', 'rgba', not {value!r}")
 
 
 def _yuv420_params(frame: av.VideoFrame) -> tuple[bool, int, bool] | None:
@@ -461,7 +472,7 @@ def _check_av_frame(frame: object) -> av.VideoFrame:
 
 def convert_frame(
     frame: av.VideoFrame,
-    format: PixelFormat = "rgb24",
+    format: FrameFormat = "rgb24",
     size: tuple[int, int] | None = None,
     out: U8Array | None = None,
     resize: ResizeFilter = "area",
@@ -508,9 +519,10 @@ def convert_frame(
             outside the frame; ``out`` of the wrong shape, not contiguous or
             read-only.
     """
-    fmt = _check_format(format)
+    fmt = check_frame_format(format)
     frame = _check_av_frame(frame)
-    geometry = FrameGeometry(size, crop, resize)
+    geometry = _IDENTITY if size is None and crop is None and resize == "area" else FrameGeometry(
+        size, crop, resize)
     ow, oh = geometry.output_size(int(frame.width), int(frame.height))
     shape = (oh, ow, _CHANNELS[fmt])
     target = np.empty(shape, np.uint8) if out is None else _check_out(out, shape)

@@ -105,15 +105,16 @@ def _stream_of(conn: Connection) -> str | None:
     """The stream a frame arriving now belongs to, or ``None`` while it may not.
 
     The protocol marks no frame as the first of a stream, and frames sent
-    before ``stream_started`` can still be decoding when it arrives. A frame
-    counts as the stream's once 1.5 frame intervals (at most
-    :data:`SETTLE_CAP`) have passed since ``stream_started``.
+    before ``stream_started`` can still be decoding when it arrives (at most
+    the one frame being sent at that moment). A frame counts as the stream's
+    once one frame interval (at most :data:`SETTLE_CAP`) has passed since
+    ``stream_started``.
     """
     stream_id = conn.stream_id
     if stream_id is None:
         return None
     fps = conn.fps
-    settle = min(SETTLE_CAP, 1.5 / fps) if fps > 0 else 0.1
+    settle = min(SETTLE_CAP, 1.0 / fps) if fps > 0 else 0.1
     return stream_id if time.monotonic() - conn.stream_started_at >= settle else None
 
 

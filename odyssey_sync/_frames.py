@@ -23,22 +23,22 @@ import numpy as np
 
 from ._convert import (
     _CHANNELS,
-    PixelFormat,
+    FrameFormat,
     U8Array,
     _check_av_frame,
-    _check_format,
     _convert_into,
     _Converter,
     _default_converter,
+    check_frame_format,
     convert_frame,
     native_available,
 )
 from ._resize import FrameGeometry, ResizeFilter
 
 __all__ = [
+    "FrameFormat",
     "FrameGeometry",
     "FrameRing",
-    "PixelFormat",
     "ResizeFilter",
     "RingStats",
     "VideoFrame",
@@ -271,20 +271,21 @@ class FrameRing:
     are reallocated whenever the output size changes.
     """
 
-    def __init__(self, slots: int = 4, pixel_format: PixelFormat = "rgb24",
+    def __init__(self, slots: int = 4, frame_format: FrameFormat = "rgb24",
                  geometry: FrameGeometry | None = None) -> None:
         """Create an empty ring. Non-blocking; allocates nothing until the first write.
 
         Args:
             slots: number of slots, >= 2.
-            pixel_format: ``"rgb24"``, ``"bgr24"`` or ``"rgba"``.
+            frame_format: ``"rgb24"``, ``"bgr24"`` or ``"rgba"`` (the name of
+                ``Odyssey``'s option of the same meaning).
             geometry: output size / crop / resize filter (already validated by
                 its constructor); None delivers frames at their decoded size.
 
         Raises:
-            TypeError: ``slots`` not an int, ``pixel_format`` not a str,
+            TypeError: ``slots`` not an int, ``frame_format`` not a str,
                 ``geometry`` not a :class:`FrameGeometry`.
-            ValueError: ``slots`` < 2, unknown ``pixel_format``.
+            ValueError: ``slots`` < 2, unknown ``frame_format``.
         """
         if isinstance(slots, bool) or not isinstance(slots, int):
             raise TypeError(f"slots must be an int, not {type(slots).__name__}")
@@ -292,7 +293,7 @@ class FrameRing:
             raise ValueError(f"slots must be >= 2, not {slots}")
         if geometry is not None and not isinstance(geometry, FrameGeometry):
             raise TypeError(f"geometry must be a FrameGeometry, not {type(geometry).__name__}")
-        self._fmt = _check_format(pixel_format)
+        self._fmt: FrameFormat = check_frame_format(frame_format, "frame_format")
         self._geometry = geometry if geometry is not None else FrameGeometry()
         self._nslots = slots
         # Re-entrant: a lease collected by the cyclic GC runs VideoFrame.__del__ ->
@@ -314,10 +315,9 @@ class FrameRing:
     # -- properties
 
     @property
-    def pixel_format(self) -> PixelFormat:
+    def frame_format(self) -> FrameFormat:
         """The output format of every slot."""
-        fmt: PixelFormat = self._fmt  # type: ignore[assignment]
-        return fmt
+        return self._fmt
 
     @property
     def geometry(self) -> FrameGeometry:

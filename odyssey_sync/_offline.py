@@ -127,7 +127,9 @@ class OfflineMethods:
         Raises:
             ValueError: empty/invalid ``stream_id`` or no API key.
             OdysseyNotFoundError: no such stream for this account.
-            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
+            OdysseyAuthError: the API key was refused.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         validate_id(stream_id, "stream_id")
         self._require_api_key("get_recording()")
@@ -152,7 +154,9 @@ class OfflineMethods:
         Raises:
             TypeError/ValueError: bad ``limit``/``offset`` (the message names the
                 limit), bad ``timeout`` or no API key — before any request.
-            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
+            OdysseyAuthError: the API key was refused.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         check_page(limit, offset)
         deadline = _deadline(timeout)
@@ -193,7 +197,7 @@ class OfflineMethods:
                 ended without a single frame (so it has no video).
             OdysseyTimeoutError: still no video after ``timeout``.
             OdysseyConnectionError: after the retries, or the client was closed.
-            OdysseyAuthError.
+            OdysseyAuthError: the API key was refused.
         """
         validate_id(stream_id, "stream_id")
         interval = _check_poll_interval(poll_interval)
@@ -262,7 +266,8 @@ class OfflineMethods:
             OdysseyNotFoundError: unknown stream.
             OdysseyTimeoutError: the video was not ready, or not downloaded,
                 within ``timeout``.
-            OdysseyConnectionError (also on a truncated body).
+            OdysseyConnectionError: the service could not be reached, or the body
+                was truncated.
         """
         validate_id(stream_id, "stream_id")
         _check_progress(progress)
@@ -337,7 +342,9 @@ class OfflineMethods:
             OdysseyPermissionError: ``bypass_prompt_expansion`` without the privilege.
             OdysseyRequestError: the service refused the script.
             OdysseyUsageError: an account limit (429).
-            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
+            OdysseyAuthError: the API key was refused.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         deadline = _deadline(timeout)
         body = build_simulation_body(
@@ -357,8 +364,10 @@ class OfflineMethods:
 
         Raises:
             ValueError: bad ``job_id`` or no API key.
-            OdysseyNotFoundError (404), OdysseyPermissionError (403, another
-            account's job), OdysseyTimeoutError, OdysseyConnectionError.
+            OdysseyNotFoundError: no such job (404).
+            OdysseyPermissionError: another account's job (403).
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         validate_id(job_id, "job_id")
         self._require_api_key("get_simulate_status()")
@@ -388,7 +397,9 @@ class OfflineMethods:
         Raises:
             TypeError/ValueError: out-of-range or mistyped filters (the message
                 names the limit), bad ``timeout``, no API key — before any request.
-            OdysseyTimeoutError, OdysseyConnectionError, OdysseyAuthError.
+            OdysseyAuthError: the API key was refused.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         check_page(limit, offset)
         deadline = _deadline(timeout)
@@ -409,8 +420,10 @@ class OfflineMethods:
             ValueError: bad ``job_id`` or no API key.
             OdysseyRequestError: the job can no longer be cancelled (400; the
                 message carries the service's reason).
-            OdysseyNotFoundError, OdysseyPermissionError, OdysseyTimeoutError,
-            OdysseyConnectionError.
+            OdysseyNotFoundError: no such job.
+            OdysseyPermissionError: another account's job.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         validate_id(job_id, "job_id")
         self._require_api_key("cancel_simulation()")
@@ -447,9 +460,11 @@ class OfflineMethods:
                 (``reason="simulation_cancelled"``).
             OdysseyTimeoutError: still not finished after ``timeout``.
             ValueError: bad arguments or no API key.
-            OdysseyNotFoundError, OdysseyPermissionError, OdysseyAuthError,
-            OdysseyConnectionError (after the retries), as for
-            :meth:`get_simulate_status`.
+            OdysseyNotFoundError: no such job (as for :meth:`get_simulate_status`).
+            OdysseyPermissionError: another account's job.
+            OdysseyAuthError: the API key was refused.
+            OdysseyConnectionError: the service could not be reached (after the
+                retries).
         """
         validate_id(job_id, "job_id")
         _check_progress(progress)
@@ -561,9 +576,11 @@ class OfflineMethods:
 
         Raises:
             ValueError: no API key.
-            OdysseyAuthError: key refused. OdysseyUsageError: account limits.
+            OdysseyAuthError: key refused.
+            OdysseyUsageError: account limits.
             OdysseyQueueTimeoutError: no streamer freed up within ``queue_timeout``.
-            OdysseyTimeoutError, OdysseyConnectionError.
+            OdysseyTimeoutError: no answer within ``timeout``.
+            OdysseyConnectionError: the service could not be reached.
         """
         self._require_api_key("create_client_credentials()")
         queue = self._default_queue_timeout() if queue_timeout is None else queue_timeout

@@ -175,7 +175,7 @@ class ResamplePlan:
     def scratch_len(self) -> int:
         """uint16 elements of scratch the native kernel needs (mirrors oys_resample)."""
         padded_w = -(-self.out_width // BAND) * BAND
-        return (2 * BAND + 1) * (self.source_width + 2 * BAND) + 3 * padded_w * BAND
+        return (2 * BAND + 1) * (self.source_width + 2 * BAND) + 3 * padded_w * (BAND + 1)
 
 
 def _window(first: npt.NDArray[np.int64], taps: int, extent: int) -> npt.NDArray[np.int64]:

@@ -309,6 +309,7 @@ class Resumer:
             if s.closing:
                 return
             s.closing = True
+            s.lost = f"resume gave up: {err.message}"
             s.set_status(ConnectionStatus.FAILED, err.message)
             s.post(s.handlers.on_error, err, True, name="on_error")
         s.close_in_background(err)

@@ -136,6 +136,7 @@ class _Peer:
         self.frames_dropped = 0
         self.low_latency_active = False
         self.video_ended = False
+        self._unfit_warned = False
         self._arrivals: collections.deque[float] = collections.deque(maxlen=120)
 
     @property
@@ -180,6 +181,13 @@ class _Peer:
                 self._arrivals.append(self._clock())
                 try:
                     seq = self._sink.write(frame)
+                except ValueError as exc:
+                    # The ring's crop does not fit this frame (the stream changed
+                    # size): drop it, say so once, keep draining.
+                    if not self._unfit_warned:
+                        self._unfit_warned = True
+                        log.warning("dropping frames the frame geometry does not fit: %s", exc)
+                    continue
                 except Exception:  # a conversion bug must not stop draining the track
                     log.exception("frame conversion failed")
                     continue

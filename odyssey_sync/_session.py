@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._connection import Connection
 from ._deadline import Deadline
@@ -45,12 +45,17 @@ from .errors import (
     OdysseyStreamError,
     OdysseyTimeoutError,
 )
-from .types import BroadcastInfo, ClientCredentials, ClientStats, ConnectionStatus
+from .types import (
+    BroadcastInfo,
+    ClientCredentials,
+    ClientStats,
+    ConnectionStatus,
+    ResumeStats,
+)
 
 if TYPE_CHECKING:
     from ._frames import FrameRing, VideoFrame
     from ._rest import ApiClient
-    from ._resume import Resumer
 
 __all__ = ["Handlers", "Session", "StreamRequest"]
 
@@ -94,6 +99,22 @@ class StreamRequest:
     image_data_url: str | None
     broadcast: bool
     bypass_prompt_expansion: bool | None
+
+
+class SessionResumer(Protocol):
+    """What the session asks of its resumer (``odyssey_sync._resume.Resumer``)."""
+
+    def start(self) -> None: ...
+
+    def stop(self, deadline: Deadline) -> list[Connection]: ...
+
+    def stats(self) -> ResumeStats: ...
+
+    def absorbs(self, conn: Connection, event: StreamError) -> bool: ...
+
+    def absorbs_loss(self, conn: Connection, exc: OdysseyError) -> bool: ...
+
+    def switched(self, conn: Connection, gap: float) -> None: ...
 
 
 class Session:
@@ -140,7 +161,10 @@ class Session:
         #: notified on every status change and stream switch (waiters re-check)
         self.changed = threading.Condition(self.lock)
         self._numbers = 0
-        self.resumer: Resumer | None = None
+        self.resumer: SessionResumer | None = None
+        #: why the session ended on its own (the server or the network), if it did
+        self.lost: str | None = None
+        self._teardown: threading.Thread | None = None
 
     # ----------------------------------------------------------------- state
     @property
@@ -369,6 +393,7 @@ class Session:
             if conn is not self.conn or self.closing:
                 return
             self.closing = True
+            self.lost = error_text(exc)
             if clean:
                 self.set_status(ConnectionStatus.DISCONNECTED, exc.message)
             else:
@@ -496,9 +521,22 @@ class Session:
 
         # daemon: teardown is bounded, but must never be what keeps the process alive.
         thread = threading.Thread(target=run, name=f"{self.name}-teardown", daemon=True)
-        self.teardown_thread = thread
+        self._teardown = thread
         thread.start()
         return thread
+
+    def wait_closed(self, timeout: float | None) -> bool:
+        """Wait for a teardown started elsewhere; join its helper thread. True when done.
+
+        Never joins the calling thread (a callback waiting on its own session).
+        """
+        if not self.closed.wait(timeout):
+            return False
+        thread = self._teardown
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
 
 def _step(deadline: Deadline, cap: float = 5.0) -> float:

@@ -568,9 +568,12 @@ class Odyssey(OfflineMethods):
         except OdysseyStreamError:
             session = self._session
             status = session.status.value if session is not None else "disconnected"
-            lost = session is not None and session.status is ConnectionStatus.FAILED
-            detail = "the connection was lost" if lost else "requires a connected client"
-            raise OdysseyStreamError(f"{what} {detail} (status: {status})") from None
+            if session is not None and session.lost is not None:
+                raise OdysseyStreamError(
+                    f"{what}: the connection was lost ({session.lost}; status: {status})"
+                ) from None
+            raise OdysseyStreamError(
+                f"{what} requires a connected client (status: {status})") from None
 
     # ------------------------------------------------------------- frame pull
     def _frame_session(self, what: str) -> Session:
@@ -642,7 +645,7 @@ def _on_own_thread(session: Session) -> bool:
 def _join(session: Session, deadline: Deadline) -> bool:
     """Wait for a session's background teardown; True once it has finished."""
     left = deadline.clamp(10.0)
-    return session.closed.wait(10.0 if left is None else left)
+    return session.wait_closed(10.0 if left is None else left)
 
 
 def _as_connect_error(exc: BaseException) -> BaseException:

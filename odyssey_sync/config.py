@@ -12,16 +12,17 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from ._convert import FRAME_FORMATS, FrameFormat
 from ._resize import FrameGeometry, ResizeFilter
 
 __all__ = [
     "DEFAULT_API_URL",
+    "FRAME_FORMATS",
     "MAX_LIST_LIMIT",
     "MAX_LIST_OFFSET",
     "MAX_PROMPT_CHARS",
     "MAX_SCRIPTS_PER_BATCH",
     "MAX_SCRIPT_MS",
-    "PIXEL_FORMATS",
     "ClientConfig",
 ]
 
@@ -42,8 +43,6 @@ MAX_LIST_LIMIT = 100
 MAX_LIST_OFFSET = 2**63 - 1
 
 #: Pixel layouts the frame ring can produce (``VideoFrame.data`` channel order).
-PIXEL_FORMATS = ("rgb24", "bgr24", "rgba")
-FrameFormat = Literal["rgb24", "bgr24", "rgba"]
 
 
 def _default_api_url() -> str:
@@ -160,9 +159,9 @@ class ClientConfig:
         _int_at_least("ring_size", self.ring_size, 2)
         _int_at_least("callback_workers", self.callback_workers, 1)
         _int_at_least("event_queue_size", self.event_queue_size, 16)
-        if self.frame_format not in PIXEL_FORMATS:
+        if self.frame_format not in FRAME_FORMATS:
             raise ValueError(
-                f"frame_format must be one of {PIXEL_FORMATS}, got {self.frame_format!r}"
+                f"frame_format must be one of {FRAME_FORMATS}, got {self.frame_format!r}"
             )
         if self.callback_workers > 2:
             raise ValueError("callback_workers must be 1 or 2 (events stay ordered on one worker)")

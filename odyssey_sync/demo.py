@@ -48,8 +48,6 @@ _SHEET_TILES = 12
 _SHEET_COLUMNS = 4
 _TILE_WIDTH = 320
 _EMBEDDED_SIZE = (640, 352)
-#: seconds after start_stream returned to stop looking for the stamps' restart
-_RESTART_WAIT = 1.0
 
 
 @dataclass
@@ -103,7 +101,6 @@ class _StreamSampler:
         self._ending_at: float | None = None  # end_stream was called (monotonic)
         self._want_tile = False  # an interaction was acknowledged: keep its next frame
         self._first_at: float | None = None  # the stream's first frame (monotonic)
-        self._last_number: int | None = None
         self._last_tile = -1.0
         self.tiles: list[_Tile] = []
         self.latencies_ms: list[float] = []
@@ -131,10 +128,9 @@ class _StreamSampler:
     def __call__(self, frame: Any) -> None:
         stamp = self._decode(frame.data, now=frame.received_at) if self._decode else None
         with self._lock:
-            restarted = self._restarted(stamp)
             if self._ending_at is not None and frame.received_at >= self._ending_at:
                 return  # after end_stream was asked for: the idle picture again
-            if self._first_at is None and not self._is_first(frame, stamp, restarted):
+            if self._first_at is None and not self._is_first(frame):
                 return
             if self._first_at is None:
                 self._first_at = frame.received_at
@@ -148,31 +144,15 @@ class _StreamSampler:
             self._last_tile = t
             self.tiles.append(_Tile(t, _thumbnail(frame.data)))
 
-    def _restarted(self, stamp: Any) -> bool | None:
-        """Whether the stamp's frame number went down (None: no stamp or no predecessor)."""
-        if stamp is None:
-            return None
-        previous, self._last_number = self._last_number, stamp.frame
-        return None if previous is None else stamp.frame < previous
-
-    def _is_first(self, frame: Any, stamp: Any, restarted: bool | None) -> bool:
+    def _is_first(self, frame: Any) -> bool:
         """Whether ``frame`` is the stream's first (caller holds the lock).
 
         Before a stream starts, a server may send an idle picture, and its
-        frames can still be in flight when the stream's first frame arrives.
-        The local server numbers the idle picture's frames and the stream's
-        separately, so the stream starts where the numbers go down; without
-        stamps, it starts with the first frame after ``start_stream`` returned.
+        frames can still be in flight when the stream starts; every frame
+        carries the stream it belongs to (``VideoFrame.stream_id``), so the
+        stream starts with its first frame that has one.
         """
-        if not self._requested:
-            return False
-        started = self._started_at
-        if restarted:
-            return True
-        if stamp is None or restarted is None:
-            return started is not None and frame.received_at >= started
-        # No restart seen (those frames lost): give up waiting for one soon.
-        return started is not None and frame.received_at - started > _RESTART_WAIT
+        return self._requested and frame.stream_id is not None
 
 
 def _stamp_decoder() -> Callable[..., Any]:

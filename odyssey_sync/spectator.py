@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from . import _lifecycle
+from ._convert import FRAME_FORMATS
 from ._deadline import Deadline, check_timeout
 from ._http import HttpClient, strip_query
 from ._loop import LoopThread
@@ -62,7 +63,6 @@ from ._protocol import check_bool
 from ._resize import FrameGeometry, ResizeFilter
 from ._rtc import WhepPeer
 from ._whep import DELETE_TIMEOUT, delete_resource, fetch_ice_servers, post_offer
-from .config import PIXEL_FORMATS
 from .errors import OdysseyConnectionError, OdysseyTimeoutError
 from .types import ClientStats
 
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._dispatch import Dispatcher
-    from ._frames import FrameRing, PixelFormat, VideoFrame
+    from ._frames import FrameFormat, FrameRing, VideoFrame
     from ._rtc import RTCPeerConnection
 
 __all__ = ["SpectatorConnection", "SpectatorStats", "connect_to_stream"]
@@ -118,8 +118,8 @@ def _validate(
         if cb is not None and not callable(cb):
             raise TypeError(f"{name} must be callable or None")
     check_timeout(timeout)
-    if frame_format not in PIXEL_FORMATS:
-        raise ValueError(f"frame_format must be one of {', '.join(PIXEL_FORMATS)}")
+    if frame_format not in FRAME_FORMATS:
+        raise ValueError(f"frame_format must be one of {', '.join(FRAME_FORMATS)}")
     if isinstance(ring_size, bool) or not isinstance(ring_size, int):
         raise TypeError("ring_size must be an int")
     if ring_size < 2:
@@ -454,9 +454,11 @@ def connect_to_stream(
             their slot, so hold at most ``ring_size - 2`` at once.
         low_latency: release each video frame to the decoder as soon as it is
             complete, as the client does.
-        frame_size, resize, crop: deliver frames at this size, converted,
-            cropped and resized in one native pass (as ``Odyssey``'s options
-            of the same names); ``None``: the stream's own size.
+        frame_size: deliver frames at this ``(width, height)``, converted and
+            resized in one native pass (as ``Odyssey(frame_size=)``); ``None``:
+            the stream's own size.
+        resize: ``"area"`` (default) or ``"bilinear"``.
+        crop: ``(x, y, width, height)`` in source pixels, taken before resizing.
 
     Returns:
         A connected :class:`SpectatorConnection`.
@@ -481,7 +483,7 @@ def connect_to_stream(
     deadline = Deadline(timeout)
     conn = SpectatorConnection(_PRIVATE)
     conn._on_disconnected = on_disconnected
-    conn._ring = FrameRing(ring_size, cast("PixelFormat", frame_format), geometry)
+    conn._ring = FrameRing(ring_size, cast("FrameFormat", frame_format), geometry)
     conn._dispatch = Dispatcher(name=f"odyssey-spectator-{conn._id}")
     try:
         conn._dispatch.start()

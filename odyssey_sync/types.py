@@ -10,9 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
+
+_Item = TypeVar("_Item")
+_Page = TypeVar("_Page")
 
 __all__ = [
     "BroadcastInfo",
@@ -102,6 +106,33 @@ def _req_str(d: dict[str, Any], key: str, default: str | None = None) -> str:
     return v
 
 
+def _objects(
+    d: dict[str, Any], key: str, parse: Callable[[dict[str, Any]], _Item]
+) -> list[_Item]:
+    """Parse each JSON object of the list under *key* (anything else there counts as empty)."""
+    items = d.get(key)
+    if not isinstance(items, list):
+        return []
+    return [parse(item) for item in items if isinstance(item, dict)]
+
+
+def _page(
+    page_type: Callable[[list[_Item], int, int, int], _Page],
+    d: dict[str, Any],
+    key: str,
+    parse: Callable[[dict[str, Any]], _Item],
+) -> _Page:
+    """Parse one page of a listing: its items under *key*, then total, limit and offset
+    (a missing total or limit is the number of items, a missing offset 0)."""
+    items = _objects(d, key, parse)
+    return page_type(
+        items,
+        _opt_int(d, "total") or len(items),
+        _opt_int(d, "limit") or len(items),
+        _opt_int(d, "offset") or 0,
+    )
+
+
 @dataclass(frozen=True)
 class BroadcastInfo:
     """Where spectators can watch a broadcast stream (``on_broadcast_ready``)."""
@@ -125,12 +156,14 @@ class StreamerCapabilities:
 
     @classmethod
     def from_dict(cls, d: Any) -> StreamerCapabilities:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         if not isinstance(d, dict):
             return cls()
         v = d.get("image_to_video")
         return cls(image_to_video=v if isinstance(v, bool) else False)
 
     def to_dict(self) -> dict[str, bool]:
+        """The capabilities as a JSON-ready dict (what :meth:`from_dict` reads)."""
         return {"image_to_video": self.image_to_video}
 
 
@@ -170,6 +203,10 @@ class ClientCredentials:
         return session_id_from_jwt(self.session_token)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict to hand to the device (read back by :meth:`from_dict`).
+
+        It holds the session token: send it only to the client it was minted for.
+        """
         out: dict[str, Any] = {
             "session_id": self.session_id,
             "signaling_url": self.signaling_url,
@@ -226,6 +263,7 @@ class Recording:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recording:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         return cls(
             stream_id=_req_str(d, "stream_id"),
             video_url=_opt_str(d, "video_url"),
@@ -250,6 +288,7 @@ class StreamRecordingInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamRecordingInfo:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         return cls(
             stream_id=_req_str(d, "stream_id"),
             width=_opt_int(d, "width") or 0,
@@ -271,15 +310,8 @@ class StreamRecordingsList:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamRecordingsList:
-        recs = d.get("recordings")
-        recs = recs if isinstance(recs, list) else []
-        items = [StreamRecordingInfo.from_dict(r) for r in recs if isinstance(r, dict)]
-        return cls(
-            recordings=items,
-            total=_opt_int(d, "total") or len(items),
-            limit=_opt_int(d, "limit") or len(items),
-            offset=_opt_int(d, "offset") or 0,
-        )
+        """Parse the service's JSON object (unknown keys are ignored)."""
+        return _page(cls, d, "recordings", StreamRecordingInfo.from_dict)
 
 
 @dataclass(frozen=True)
@@ -297,6 +329,7 @@ class SimulationStream:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationStream:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         return cls(
             stream_id=_req_str(d, "stream_id"),
             video_url=_opt_str(d, "video_url"),
@@ -322,6 +355,7 @@ class SimulationJobInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationJobInfo:
+        """Parse the service's JSON object (unknown keys are ignored)."""
         return cls(
             job_id=_req_str(d, "job_id"),
             status=SimulationJobStatus(_req_str(d, "status")),
@@ -351,7 +385,7 @@ class SimulationJobDetail:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationJobDetail:
-        streams = d.get("streams")
+        """Parse the service's JSON object (unknown keys are ignored)."""
         return cls(
             job_id=_req_str(d, "job_id"),
             status=SimulationJobStatus(_req_str(d, "status")),
@@ -364,9 +398,7 @@ class SimulationJobDetail:
             assigned_region=_opt_str(d, "assigned_region"),
             retry_count=_opt_int(d, "retry_count") or 0,
             estimated_wait_minutes=_opt_float(d, "estimated_wait_minutes"),
-            streams=[SimulationStream.from_dict(s) for s in streams if isinstance(s, dict)]
-            if isinstance(streams, list)
-            else [],
+            streams=_objects(d, "streams", SimulationStream.from_dict),
         )
 
 
@@ -381,15 +413,8 @@ class SimulationJobsList:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SimulationJobsList:
-        jobs = d.get("jobs")
-        jobs = jobs if isinstance(jobs, list) else []
-        items = [SimulationJobInfo.from_dict(j) for j in jobs if isinstance(j, dict)]
-        return cls(
-            jobs=items,
-            total=_opt_int(d, "total") or len(items),
-            limit=_opt_int(d, "limit") or len(items),
-            offset=_opt_int(d, "offset") or 0,
-        )
+        """Parse the service's JSON object (unknown keys are ignored)."""
+        return _page(cls, d, "jobs", SimulationJobInfo.from_dict)
 
 
 # ------------------------------------------------------------------- stats

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import threading
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -89,3 +91,65 @@ class ActiveJobWatcher:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(15)
+
+
+# ---------------------------------------------------------------- layout checks
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "odyssey_sync"
+
+
+def module_name(path: Path) -> str:
+    """``odyssey_sync/local/server.py`` → ``odyssey_sync.local.server``."""
+    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of the odyssey_sync modules (or packages) ``path`` imports,
+    anywhere in it (functions and ``TYPE_CHECKING`` blocks included)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                candidate = f"{target}.{alias.name}"
+                relative = candidate.split(".")[1:]
+                is_module = (PACKAGE_ROOT.joinpath(*relative).with_suffix(".py").exists()
+                             or PACKAGE_ROOT.joinpath(*relative, "__init__.py").exists())
+                found.add(candidate if is_module else target)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {n for n in found if n.startswith("odyssey_sync")}
+
+
+def import_graph(directory: Path) -> dict[str, set[str]]:
+    """Module → the odyssey_sync modules it imports, for every module below ``directory``."""
+    return {module_name(p): imports_of(p) for p in directory.rglob("*.py")}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle a depth-first walk of ``graph`` finds (empty: none)."""
+    edges = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in edges[node]:
+            if state.get(dep) == 1:
+                cycles.append([*stack[stack.index(dep):], dep])
+            elif dep not in state:
+                visit(dep, stack)
+        stack.pop()
+        state[node] = 2
+
+    for module in edges:
+        if module not in state:
+            visit(module, [])
+    return cycles

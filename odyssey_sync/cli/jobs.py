@@ -12,11 +12,18 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..client import Odyssey
-from ..types import SimulationJobDetail, SimulationJobStatus
+from ..types import (
+    SimulationJobDetail,
+    SimulationJobsList,
+    SimulationJobStatus,
+    StreamRecordingInfo,
+    StreamRecordingsList,
+)
 from .inputs import check_out_path, open_client, safe_file_name
 from .output import EXIT_INTERRUPTED, EXIT_OK, PROG, Output, UsageError, to_jsonable
 
@@ -30,6 +37,8 @@ __all__ = [
     "cmd_simulations_list",
     "load_script",
 ]
+
+_Item = TypeVar("_Item")
 
 
 def load_script(path: Path) -> dict[str, Any]:
@@ -119,19 +128,32 @@ def cmd_simulate(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _show_page(
+    out: Output, page: StreamRecordingsList | SimulationJobsList, items: Sequence[_Item],
+    describe: Callable[[_Item], str],
+) -> int:
+    """Show one page of a listing: as is with ``--json``, else a line per item (from
+    *describe*) and then how many of the total these are."""
+
+    def human() -> None:
+        for item in items:
+            out.line(describe(item))
+        out.line(f"{len(items)} of {page.total}")
+
+    out.result(page, human)
+    return EXIT_OK
+
+
 def cmd_recordings_list(args: argparse.Namespace, out: Output) -> int:
     """``recordings list [--limit N] [--offset N]``."""
     with open_client(args) as client:
         page = client.list_stream_recordings(limit=args.limit, offset=args.offset)
 
-    def human() -> None:
-        for r in page.recordings:
-            dur = f"{r.duration_seconds:.1f} s" if r.duration_seconds is not None else "live"
-            out.line(f"{r.stream_id}  {r.width}x{r.height}  {dur}  {r.started_at}")
-        out.line(f"{len(page.recordings)} of {page.total}")
+    def describe(r: StreamRecordingInfo) -> str:
+        dur = f"{r.duration_seconds:.1f} s" if r.duration_seconds is not None else "live"
+        return f"{r.stream_id}  {r.width}x{r.height}  {dur}  {r.started_at}"
 
-    out.result(page, human)
-    return EXIT_OK
+    return _show_page(out, page, page.recordings, describe)
 
 
 def cmd_recordings_get(args: argparse.Namespace, out: Output) -> int:
@@ -168,13 +190,7 @@ def cmd_simulations_list(args: argparse.Namespace, out: Output) -> int:
         page = client.list_simulations(status=status, active=args.active, limit=args.limit,
                                        offset=args.offset)
 
-    def human() -> None:
-        for j in page.jobs:
-            out.line(f"{j.job_id}  {j.status}  {j.created_at}")
-        out.line(f"{len(page.jobs)} of {page.total}")
-
-    out.result(page, human)
-    return EXIT_OK
+    return _show_page(out, page, page.jobs, lambda j: f"{j.job_id}  {j.status}  {j.created_at}")
 
 
 def cmd_simulations_get(args: argparse.Namespace, out: Output) -> int:

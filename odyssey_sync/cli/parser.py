@@ -31,24 +31,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{PROG}: error: {message}\n")
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str, *, zero_allowed: bool) -> float:
+    """*text* as a finite number > 0 (>= 0 when *zero_allowed*), else ArgumentTypeError."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0: {text!r}")
+    if not (value >= 0 if zero_allowed else value > 0) or value == float("inf"):
+        bound = ">= 0" if zero_allowed else "> 0"
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}: {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _finite_float(text, zero_allowed=False)
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
-    return value
+    return _finite_float(text, zero_allowed=True)
 
 
 def _non_negative_int(text: str) -> int:
@@ -100,6 +100,19 @@ def _add_orientation(parser: argparse.ArgumentParser, *, portrait: bool = True) 
                        help="landscape video" + ("" if portrait else " (default)"))
 
 
+def _add_stream_start(p: argparse.ArgumentParser) -> None:
+    """What a new stream starts from: its prompt and, optionally, an image."""
+    p.add_argument("prompt", metavar="PROMPT", help="initial prompt")
+    p.add_argument("--image", metavar="PATH", type=Path, help="image for image-to-video")
+
+
+def _add_video_outputs(p: argparse.ArgumentParser, *, show: bool) -> None:
+    """Where the received video goes: an MP4 file and (*show*) an OpenCV window."""
+    p.add_argument("--out", metavar="VIDEO.mp4", type=Path, help="save the video as MP4")
+    if show:
+        p.add_argument("--show", action="store_true", help="show the video in an OpenCV window")
+
+
 def _add_paging(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_non_negative_int, default=None,
                    help="at most this many (the service's own range applies)")
@@ -147,12 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=local.cmd_demo)
 
     p = command(sub, "stream", "start a stream and save/show its video for a while")
-    p.add_argument("prompt", metavar="PROMPT", help="initial prompt")
-    p.add_argument("--image", metavar="PATH", type=Path, help="image for image-to-video")
+    _add_stream_start(p)
     p.add_argument("--seconds", type=_positive_float, default=10.0,
                    help="how long to stream (default: 10)")
-    p.add_argument("--out", metavar="VIDEO.mp4", type=Path, help="save the video as MP4")
-    p.add_argument("--show", action="store_true", help="show the video in an OpenCV window")
+    _add_video_outputs(p, show=True)
     p.add_argument("--broadcast", action="store_true",
                    help="broadcast the stream and print the spectator URL and token")
     p.add_argument("--no-resume", dest="resume", action="store_false",
@@ -162,9 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=live.cmd_stream)
 
     p = command(sub, "interact", "start a stream, then send each stdin line as an interaction")
-    p.add_argument("prompt", metavar="PROMPT", help="initial prompt")
-    p.add_argument("--image", metavar="PATH", type=Path, help="image for image-to-video")
-    p.add_argument("--out", metavar="VIDEO.mp4", type=Path, help="save the video as MP4")
+    _add_stream_start(p)
+    _add_video_outputs(p, show=False)
     p.add_argument("--hold", metavar="SECONDS", type=_non_negative_float, default=None,
                    help="keep streaming this long after each interaction and after the "
                         "last line (default: 2 when stdin is not a terminal, else 0)")
@@ -177,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spectator token ('-' reads it from stdin, keeping it out of ps)")
     p.add_argument("--seconds", type=_positive_float, default=10.0,
                    help="how long to watch (default: 10; ends earlier with the broadcast)")
-    p.add_argument("--out", metavar="VIDEO.mp4", type=Path, help="save the video as MP4")
-    p.add_argument("--show", action="store_true", help="show the video in an OpenCV window")
+    _add_video_outputs(p, show=True)
     p.set_defaults(handler=live.cmd_spectate)
 
     p = command(sub, "simulate", "submit a simulation job from a JSON script")

@@ -123,6 +123,10 @@ class StreamSink(Protocol):
 
 @dataclass
 class ServerContext:
+    """What every part of a running server shares: its configuration, the sink that
+    connects the real-time half to the HTTP half, the fault switches and the bound
+    URLs (set once listening)."""
+
     config: ServerConfig
     sink: StreamSink
     faults: Faults = field(default_factory=Faults)
@@ -141,5 +145,6 @@ class ServerContext:
         return self.ws_base_url + "/sig"
 
     def frame_size(self, portrait: bool) -> tuple[int, int]:
+        """The stream's ``(width, height)``: the configured size, swapped for portrait."""
         w, h = self.config.size
         return (h, w) if portrait else (w, h)

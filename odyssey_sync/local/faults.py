@@ -47,6 +47,12 @@ class FaultValueError(ValueError):
 
 @dataclass
 class Faults:
+    """The server's fault switches (``server.faults``); see the module docstring.
+
+    Set them with :meth:`set` (or ``POST /_admin/faults``), clear them with
+    :meth:`clear`. Counters mean "the next K occurrences" and decrement as they fire.
+    """
+
     # --- HTTP API ---------------------------------------------------------
     #: the next K ``POST /sessions/request`` answer 503 (clients queue and poll)
     refuse_sessions: int = 0
@@ -134,6 +140,7 @@ class Faults:
             return False
 
     def as_dict(self) -> dict[str, Any]:
+        """A snapshot of every switch's current value, by name."""
         with self._lock:
             return {
                 f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")

@@ -1,10 +1,13 @@
 """Plain helpers of the local-server tests (not a test module; fixtures live in conftest.py):
-a small-server context manager, a tiny REST caller, a StreamSink driver, MP4 decoding."""
+a small-server context manager, the server's command line in a child process, a tiny
+REST caller, a StreamSink driver, MP4 decoding."""
 
 from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +17,7 @@ import requests
 
 from odyssey_sync.local import LocalOdyssey
 
+REPO = Path(__file__).resolve().parents[2]
 SMALL = (320, 176)
 OTHER_KEY = "other-tenant-key-0123456789"
 
@@ -27,6 +31,25 @@ def local_server(data_dir: Path, **options: Any) -> Iterator[LocalOdyssey]:
     options.setdefault("job_delay", 0.0)
     with LocalOdyssey(data_dir=data_dir, **options) as server:
         yield server
+
+
+
+@contextmanager
+def serve_command(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -m odyssey_sync.local --port 0 *args`` in a child process (text pipes, run
+    from the repository root); killed if still running, and its pipes closed, on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "odyssey_sync.local", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 class Api:

@@ -8,7 +8,8 @@ against our own client's assumptions. Reusable by other test modules.
 Also here: :class:`StubSink` (a StreamSink recording every call, accepting the
 tokens it was told about) and :func:`realtime_server`, an async context manager
 serving only the real-time half on 127.0.0.1 — enough for the streamer tests
-without the HTTP half.
+without the HTTP half — and :func:`run_scenario`, which runs one async test
+scenario against such a server.
 
 Everything is asyncio; tests drive it with ``asyncio.run``. Every peer
 connection is closed on exit so aiortc's decoder threads stop.
@@ -20,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,20 @@ async def realtime_server(**config: Any) -> AsyncIterator[RealtimeServer]:
     finally:
         await runner.cleanup()
 
+
+
+Scenario = Callable[[RealtimeServer], Awaitable[None]]
+
+
+def run_scenario(scenario: Scenario, *, timeout: float = 40.0, **config: Any) -> None:
+    """Run *scenario* against a fresh :func:`realtime_server` (``**config``) on a new
+    event loop; blocks, and raises ``TimeoutError`` after *timeout* seconds."""
+
+    async def main() -> None:
+        async with realtime_server(**config) as server:
+            await scenario(server)
+
+    asyncio.run(asyncio.wait_for(main(), timeout))
 
 async def drain_video(
     track: MediaStreamTrack, stamps: list[tuple[FrameStamp | None, float]], size: list[Any]
@@ -226,6 +241,11 @@ class TestPeer:
         message = await asyncio.wait_for(self.inbox.get(), timeout)
         assert message.get("type") == kind, message
         return message
+
+    async def start_stream(self, prompt: str) -> dict[str, Any]:
+        """Start a stream with *prompt*; returns the server's stream_started message."""
+        await self.send({"type": "interactive_stream_start", "prompt": prompt})
+        return await self.expect("stream_started")
 
     async def expect_signal(self, timeout: float = 10.0) -> dict[str, Any]:
         return await asyncio.wait_for(self.signals.get(), timeout)

@@ -175,8 +175,7 @@ def test_prompt_over_the_limit_is_refused_on_both_transports(
             replies = []
             await peer.send_ws({"type": "interactive_stream_start", "prompt": too_long})
             replies.append(await peer.expect("interactive_stream_error"))
-            await peer.send({"type": "interactive_stream_start", "prompt": "ok"})
-            await peer.expect("stream_started")
+            await peer.start_stream("ok")
             await peer.send({"type": "update", "prompt": too_long})
             replies.append(await peer.expect("interactive_stream_error"))
             await peer.send({"type": "update", "prompt": "\ud800"})
@@ -226,8 +225,7 @@ def test_largest_prompt_does_not_stall_other_clients(server: LocalOdyssey, api: 
     async def scenario() -> tuple[list[float], list[float], int]:
         watcher, _ = await open_peer(server, api)
         try:
-            await watcher.send({"type": "interactive_stream_start", "prompt": "watching"})
-            await watcher.expect("stream_started")
+            await watcher.start_stream("watching")
             await watcher.wait_frames(5)
             since = len(watcher.stamps)
             stop = asyncio.Event()
@@ -305,7 +303,9 @@ def test_smallest_size_streams(tmp_path: Path) -> None:
 # -- restart hygiene --------------------------------------------------------------------
 
 
-_CRASHING_SERVER = textwrap.dedent("""
+# A child process's script: a server on the data directory argv[1] with a stream argv[2]
+# started in a new session; the scripts below go on from there.
+_SERVER_WITH_A_STREAM = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from odyssey_sync.local import LocalOdyssey
@@ -314,8 +314,11 @@ _CRASHING_SERVER = textwrap.dedent("""
     server.call(lambda: sink.allocate(server.backend.primary_key_id))
     session = next(iter(server.backend.allocations))
     server.call(lambda: sink.stream_started(
-        stream_id="left-open", session_id=session, width=320, height=176, fps=10.0,
+        stream_id=sys.argv[2], session_id=session, width=320, height=176, fps=10.0,
         prompt="p", applied_prompt="p", portrait=False, image=None, broadcast=False))
+""")
+
+_CRASHING_SERVER = _SERVER_WITH_A_STREAM + textwrap.dedent("""
     (server.data_dir / "media" / ".abc.mp4.XYZ.part").write_bytes(b"half a render")
     print("ready", flush=True)
     time.sleep(60)
@@ -323,7 +326,7 @@ _CRASHING_SERVER = textwrap.dedent("""
 
 
 def test_kill_9_then_restart_cleans_up(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_SERVER, str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_SERVER, str(tmp_path), "left-open"],
                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
     try:
         assert proc.stdout is not None
@@ -357,24 +360,14 @@ def test_a_render_that_could_not_run_is_done_by_the_next_start(tmp_path: Path) -
         assert again.wait_for_recording("orphan", timeout=60)["render_state"] == "ready"
 
 
-_FORGOTTEN_SERVER = textwrap.dedent("""
-    import sys
-    from pathlib import Path
-    from odyssey_sync.local import LocalOdyssey
-    server = LocalOdyssey(data_dir=Path(sys.argv[1]), size=(320, 176), fps=10).start()
-    sink = server.context.sink
-    server.call(lambda: sink.allocate(server.backend.primary_key_id))
-    session = next(iter(server.backend.allocations))
-    server.call(lambda: sink.stream_started(
-        stream_id="last", session_id=session, width=320, height=176, fps=10.0,
-        prompt="p", applied_prompt="p", portrait=False, image=None, broadcast=False))
-    server.call(lambda: sink.stream_ended("last", 20))
+_FORGOTTEN_SERVER = _SERVER_WITH_A_STREAM + textwrap.dedent("""
+    server.call(lambda: sink.stream_ended(sys.argv[2], 20))
     # no stop(): the interpreter exits with the render just scheduled
 """)
 
 
 def test_a_server_never_stopped_keeps_its_last_recording(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", _FORGOTTEN_SERVER, str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-c", _FORGOTTEN_SERVER, str(tmp_path), "last"],
                           capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr

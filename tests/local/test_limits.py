@@ -30,8 +30,7 @@ def test_stream_limit_error_then_connection_closed_and_capacity_back(
     async def scenario() -> tuple[dict[str, Any], Any, float]:
         peer, _ = await open_peer(server, api)
         try:
-            await peer.send({"type": "interactive_stream_start", "prompt": "a short life"})
-            await peer.expect("stream_started")
+            await peer.start_stream("a short life")
             started = time.monotonic()
             err = await peer.expect("interactive_stream_error", timeout=10)
             elapsed = time.monotonic() - started
@@ -57,8 +56,7 @@ def test_connection_limit_closes_the_connection(server: LocalOdyssey, api: Api) 
         peer, _ = await open_peer(server, api)
         opened = time.monotonic()
         try:
-            await peer.send({"type": "interactive_stream_start", "prompt": "long haul"})
-            await peer.expect("stream_started")
+            await peer.start_stream("long haul")
             closed = await peer.expect_signal(timeout=10)
             return closed, time.monotonic() - opened
         finally:
@@ -141,8 +139,7 @@ def test_drop_signaling_after_applies_to_an_open_connection(
     async def scenario() -> tuple[Any, float]:
         peer, _ = await open_peer(server, api)
         try:
-            await peer.send({"type": "interactive_stream_start", "prompt": "mid-stream"})
-            await peer.expect("stream_started")
+            await peer.start_stream("mid-stream")
             await peer.wait_frames(3)
             set_at = time.monotonic()
             server.faults.set(drop_signaling_after=0.3)
@@ -162,8 +159,7 @@ def test_stop_video_mid_stream_pauses_and_resumes(server: LocalOdyssey, api: Api
     async def scenario() -> tuple[int, int]:
         peer, _ = await open_peer(server, api)
         try:
-            await peer.send({"type": "interactive_stream_start", "prompt": "pause me"})
-            await peer.expect("stream_started")
+            await peer.start_stream("pause me")
             await peer.wait_frames(3)
             server.faults.set(stop_video=True)
             await asyncio.sleep(0.3)  # frames in flight arrive

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -25,19 +25,9 @@ from tests.local.rtc_peer import (
     RealtimeServer,
     TestPeer,
     drain_video,
-    realtime_server,
+    run_scenario,
     stream_frames,
 )
-
-Scenario = Callable[[RealtimeServer], Awaitable[None]]
-
-
-def run(scenario: Scenario, *, timeout: float = 40.0, **config: Any) -> None:
-    async def main() -> None:
-        async with realtime_server(**config) as server:
-            await scenario(server)
-
-    asyncio.run(asyncio.wait_for(main(), timeout))
 
 
 @dataclass
@@ -129,6 +119,37 @@ async def producer(
     return peer, started
 
 
+
+@dataclass
+class WatchedBroadcast:
+    peer: TestPeer
+    started: dict[str, Any]  # the producer's stream_started
+    ready: dict[str, Any]  # its broadcast_ready
+    http: aiohttp.ClientSession
+    spectator: Spectator
+
+
+@contextlib.asynccontextmanager
+async def watched_broadcast(
+    server: RealtimeServer, *, bearer: bool = False
+) -> AsyncIterator[WatchedBroadcast]:
+    """A broadcasting producer and one WHEP spectator of it, who shows the spectator
+    token in the query or (``bearer``) in an Authorization header; both closed on exit."""
+    peer, started = await producer(server)
+    spectator: Spectator | None = None
+    try:
+        ready = await peer.expect("broadcast_ready")
+        token = ready["spectator_token"]
+        async with aiohttp.ClientSession() as http:
+            spectator = await spectate(http, ready["webrtc_url"],
+                                       token=None if bearer else token,
+                                       bearer=token if bearer else None)
+            yield WatchedBroadcast(peer, started, ready, http, spectator)
+    finally:
+        if spectator is not None:
+            await spectator.close()
+        await peer.close()
+
 def test_broadcast_ready_follows_stream_started() -> None:
     async def scenario(server: RealtimeServer) -> None:
         peer, started = await producer(server)
@@ -146,7 +167,7 @@ def test_broadcast_ready_follows_stream_started() -> None:
         finally:
             await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_no_broadcast_ready_without_broadcast() -> None:
@@ -159,73 +180,55 @@ def test_no_broadcast_ready_without_broadcast() -> None:
         finally:
             await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 def test_whep_spectator_sees_the_stream_and_is_dropped_at_the_end(codec: str) -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer, started = await producer(server)
-        spectator: Spectator | None = None
-        try:
-            ready = await peer.expect("broadcast_ready")
-            async with aiohttp.ClientSession() as http:
-                spectator = await spectate(http, ready["webrtc_url"],
-                                           token=ready["spectator_token"])
-                assert spectator.location.startswith(ready["webrtc_url"] + "/whep/")
-                video = spectator.answer.split("m=video", 1)[1].split("m=", 1)[0]
-                names = {line.split()[1].split("/")[0].upper()
-                         for line in video.splitlines() if line.startswith("a=rtpmap:")}
-                assert names - {"RTX"} == {codec.upper()}  # the producer's codec only
-                audio = spectator.answer.split("m=audio", 1)[1]
-                assert "a=inactive" in audio.split("m=", 1)[0]
-                await spectator.wait_frames(20)
-                frames = [s.frame for s, _ in spectator.stamps if s is not None]
-                assert len(frames) >= 15
-                assert frames == sorted(frames)
-                # the same numbering as the producer's stream (same relay, same frames)
-                assert max(frames) <= max(stream_frames(peer)) + 5
-                assert server.hub.broadcasts.viewer_count(started["stream_id"]) == 1
+        async with watched_broadcast(server) as watched:
+            peer, ready, spectator = watched.peer, watched.ready, watched.spectator
+            stream_id = watched.started["stream_id"]
+            assert spectator.location.startswith(ready["webrtc_url"] + "/whep/")
+            video = spectator.answer.split("m=video", 1)[1].split("m=", 1)[0]
+            names = {line.split()[1].split("/")[0].upper()
+                     for line in video.splitlines() if line.startswith("a=rtpmap:")}
+            assert names - {"RTX"} == {codec.upper()}  # the producer's codec only
+            audio = spectator.answer.split("m=audio", 1)[1]
+            assert "a=inactive" in audio.split("m=", 1)[0]
+            await spectator.wait_frames(20)
+            frames = [s.frame for s, _ in spectator.stamps if s is not None]
+            assert len(frames) >= 15
+            assert frames == sorted(frames)
+            # the same numbering as the producer's stream (same relay, same frames)
+            assert max(frames) <= max(stream_frames(peer)) + 5
+            assert server.hub.broadcasts.viewer_count(stream_id) == 1
 
-                await peer.send({"type": "interactive_stream_end"})
-                await peer.expect("stream_ended")
-                assert server.hub.broadcasts.viewer_count(started["stream_id"]) == 0
-                # the viewer's video ends when the server drops it
-                await asyncio.wait_for(asyncio.gather(*spectator.tasks), 15)
-                # ended stream: 404, and the old resource is gone
-                async with await whep_post(http, ready["webrtc_url"], "v=0\r\nm=video",
-                                           token=ready["spectator_token"]) as resp:
-                    assert resp.status == 404
-                async with http.delete(spectator.location) as resp:
-                    assert resp.status == 404
-        finally:
-            if spectator is not None:
-                await spectator.close()
-            await peer.close()
+            await peer.send({"type": "interactive_stream_end"})
+            await peer.expect("stream_ended")
+            assert server.hub.broadcasts.viewer_count(stream_id) == 0
+            # the viewer's video ends when the server drops it
+            await asyncio.wait_for(asyncio.gather(*spectator.tasks), 15)
+            # ended stream: 404, and the old resource is gone
+            async with await whep_post(watched.http, ready["webrtc_url"], "v=0\r\nm=video",
+                                       token=ready["spectator_token"]) as resp:
+                assert resp.status == 404
+            async with watched.http.delete(spectator.location) as resp:
+                assert resp.status == 404
 
-    run(scenario, codec=codec)
+    run_scenario(scenario, codec=codec)
 
 
 def test_whep_bearer_token_and_delete() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer, _ = await producer(server)
-        spectator: Spectator | None = None
-        try:
-            ready = await peer.expect("broadcast_ready")
-            async with aiohttp.ClientSession() as http:
-                spectator = await spectate(http, ready["webrtc_url"],
-                                           bearer=ready["spectator_token"])
-                await spectator.wait_frames(5)
-                async with http.delete(spectator.location) as resp:  # no auth needed
-                    assert resp.status == 204
-                async with http.delete(spectator.location) as resp:
-                    assert resp.status == 404
-        finally:
-            if spectator is not None:
-                await spectator.close()
-            await peer.close()
+        async with watched_broadcast(server, bearer=True) as watched:
+            await watched.spectator.wait_frames(5)
+            async with watched.http.delete(watched.spectator.location) as resp:  # no auth
+                assert resp.status == 204
+            async with watched.http.delete(watched.spectator.location) as resp:
+                assert resp.status == 404
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_whep_rejects_bad_tokens_and_unknown_streams() -> None:
@@ -250,27 +253,17 @@ def test_whep_rejects_bad_tokens_and_unknown_streams() -> None:
             await pc.close()
             await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_closing_the_producer_drops_spectators() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer, _ = await producer(server)
-        spectator: Spectator | None = None
-        try:
-            ready = await peer.expect("broadcast_ready")
-            async with aiohttp.ClientSession() as http:
-                spectator = await spectate(http, ready["webrtc_url"],
-                                           token=ready["spectator_token"])
-                await spectator.wait_frames(3)
-                await peer.close()  # leaves without ending the stream
-                await asyncio.wait_for(asyncio.gather(*spectator.tasks), 15)
-        finally:
-            if spectator is not None:
-                await spectator.close()
-            await peer.close()
+        async with watched_broadcast(server) as watched:
+            await watched.spectator.wait_frames(3)
+            await watched.peer.close()  # leaves without ending the stream
+            await asyncio.wait_for(asyncio.gather(*watched.spectator.tasks), 15)
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_slow_spectator_resynchronises_on_a_key_frame() -> None:

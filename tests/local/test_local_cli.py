@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +13,7 @@ import requests
 
 from odyssey_sync.local import cli as local_cli
 from odyssey_sync.local import server as server_module
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.local.helpers import serve_command
 
 
 class _Captured(Exception):
@@ -69,11 +66,8 @@ def test_bad_values_are_usage_errors(argv: list[str]) -> None:
 
 
 def test_serve_json_prints_one_line_and_stops_on_sigterm(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "odyssey_sync.local", "--port", "0", "--json", "--size",
-         "320x176", "--data-dir", str(tmp_path), "--stream-limit", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
+    with serve_command("--json", "--size", "320x176", "--data-dir", str(tmp_path),
+                       "--stream-limit", "5") as proc:
         assert proc.stdout is not None
         line = json.loads(proc.stdout.readline())
         assert set(line) == {"url", "data_dir", "api_key"}
@@ -81,10 +75,3 @@ def test_serve_json_prints_one_line_and_stops_on_sigterm(tmp_path: Path) -> None
         assert requests.get(line["url"] + "/ping", timeout=10).json() == {"status": "ok"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()

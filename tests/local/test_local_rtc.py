@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,28 +21,25 @@ import pytest
 from PIL import Image
 
 from odyssey_sync.local.realtime.encoder import codec_preferences, negotiated_video_codec
-from tests.local.rtc_peer import RealtimeServer, TestPeer, realtime_server, stream_frames
-
-Scenario = Callable[[RealtimeServer], Awaitable[None]]
-
-
-def run(scenario: Scenario, *, timeout: float = 40.0, **config: Any) -> None:
-    async def main() -> None:
-        async with realtime_server(**config) as server:
-            await scenario(server)
-
-    asyncio.run(asyncio.wait_for(main(), timeout))
+from tests.local.rtc_peer import (
+    RealtimeServer,
+    TestPeer,
+    run_scenario,
+    stream_frames,
+)
 
 
-async def connected(server: RealtimeServer, **kwargs: Any) -> TestPeer:
+@contextlib.asynccontextmanager
+async def connected(server: RealtimeServer, **kwargs: Any) -> AsyncIterator[TestPeer]:
+    """A test peer connected to a new session of *server* (``add_session(**kwargs)``),
+    closed on exit."""
     session_id, token = server.add_session(**kwargs)
     peer = TestPeer()
     try:
         await peer.connect(server.base_url, session_id, token)
-    except BaseException:
+        yield peer
+    finally:
         await peer.close()
-        raise
-    return peer
 
 
 def tail_from_zero(frames: list[int]) -> list[int]:
@@ -73,7 +71,7 @@ def test_ice_config_endpoints_have_no_servers() -> None:
                     assert resp.status == 200
                     assert await resp.json() == {"iceServers": []}
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +96,7 @@ def test_bad_tokens_are_rejected_before_the_upgrade(
             assert info.value.status == status
         assert "session_closed" not in server.sink.names()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_freed_allocation_is_404_at_the_upgrade() -> None:
@@ -111,13 +109,12 @@ def test_freed_allocation_is_404_at_the_upgrade() -> None:
                 await http.ws_connect(url, params={"token": "tok-1"})
             assert info.value.status == 404
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_offer_has_video_and_channels_but_no_audio() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             sdp = peer.offer_sdp
             assert sdp.count("m=video") == 1
             assert "m=audio" not in sdp
@@ -132,10 +129,8 @@ def test_offer_has_video_and_channels_but_no_audio() -> None:
             await peer.send_ws({"type": "keepalive"})
             with pytest.raises(asyncio.TimeoutError):
                 await peer.expect_signal(timeout=0.3)
-        finally:
-            await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 # --- stream lifecycle -------------------------------------------------------
@@ -148,8 +143,7 @@ def test_rapid_updates_are_acknowledged_and_applied_in_arrival_order() -> None:
     prompts = [f"scene {i}" for i in range(5)]
 
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             await peer.send({"type": "interactive_stream_start", "prompt": "a quay",
                              "portrait": False})
             await peer.expect("stream_started")
@@ -164,20 +158,17 @@ def test_rapid_updates_are_acknowledged_and_applied_in_arrival_order() -> None:
                 await peer.wait_frames(1)
             await peer.send({"type": "interactive_stream_end"})
             await peer.expect("stream_ended")
-        finally:
-            await peer.close()
         interacted = [c for n, c in server.sink.calls if n == "stream_interacted"]
         assert [c[2] for c in interacted] == prompts
         frames = [c[1] for c in interacted]
         assert frames == sorted(frames)
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_full_lifecycle_two_streams_on_one_connection() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             # idle picture before any stream: the track is live
             await peer.wait_frames(3)
 
@@ -213,8 +204,6 @@ def test_full_lifecycle_two_streams_on_one_connection() -> None:
             assert peer.frame_size == [176, 320]
             await peer.send({"type": "interactive_stream_end"})
             await peer.expect("stream_ended")
-        finally:
-            await peer.close()
         await asyncio.sleep(0)  # let the server run its socket-close cleanup
         for _ in range(100):
             if "session_closed" in server.sink.names():
@@ -237,15 +226,14 @@ def test_full_lifecycle_two_streams_on_one_connection() -> None:
         assert second_call["image"] == image
         assert (second_call["width"], second_call["height"]) == (176, 320)
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_client_disconnecting_ends_the_running_stream() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        await peer.send({"type": "interactive_stream_start", "prompt": "x"})
-        started = await peer.expect("stream_started")
-        await peer.close()  # client_disconnecting + close 1000, no stream end
+        async with connected(server) as peer:
+            started = await peer.start_stream("x")
+            await peer.close()  # client_disconnecting + close 1000, no stream end
         for _ in range(200):
             if "session_closed" in server.sink.names():
                 break
@@ -254,13 +242,12 @@ def test_client_disconnecting_ends_the_running_stream() -> None:
         assert server.sink.calls[-2][1][0] == started["stream_id"]
         assert not server.hub.connections
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_bad_input_is_ignored_or_answered() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             assert peer.ws is not None
             await peer.ws.send_str("this is not json")
             await peer.ws.send_str("[1, 2, 3]")
@@ -290,21 +277,18 @@ def test_bad_input_is_ignored_or_answered() -> None:
             assert (await peer.expect("interactive_stream_error"))["reason"] == "invalid_request"
             await peer.send({"type": "interactive_stream_end"})
             await peer.expect("stream_ended")
-        finally:
-            await peer.close()
         started = [c for n, c in server.sink.calls if n == "stream_started"]
         assert started[0]["portrait"] is True and started[0]["prompt"] == ""
         # the recording's stamp origin: frame 0's slot on the monotonic clock
         origin = started[0]["stamp_origin"]
         assert isinstance(origin, float) and 0 < origin <= time.monotonic() + 1.0
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_bypass_requires_privilege() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             await peer.send({"type": "interactive_stream_start", "prompt": "x",
                              "bypass_vlm_expansion": True})
             err = await peer.expect("interactive_stream_error")
@@ -312,20 +296,16 @@ def test_bypass_requires_privilege() -> None:
             await peer.send({"type": "interactive_stream_start", "prompt": "x",
                              "bypass_vlm_expansion": False})
             await peer.expect("stream_started")
-        finally:
-            await peer.close()
 
-    run(scenario, bypass_privileged=False)
+    run_scenario(scenario, bypass_privileged=False)
 
 
 def test_stream_limit_ends_the_stream_then_the_connection() -> None:
     """PROTOCOL §17: at the stream limit the service's error, then the server closes
     the connection (signaling socket and peer) and frees the slot at once."""
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
-            await peer.send({"type": "interactive_stream_start", "prompt": "x"})
-            started = await peer.expect("stream_started")
+        async with connected(server) as peer:
+            started = await peer.start_stream("x")
             err = await peer.expect("interactive_stream_error", timeout=5)
             assert err == {"type": "interactive_stream_error", "reason": "session_timeout",
                            "message": "Stream ended: credit lease expired"}
@@ -342,18 +322,15 @@ def test_stream_limit_ends_the_stream_then_the_connection() -> None:
             while peer.pc is not None and peer.pc.connectionState not in ("closed", "failed"):
                 assert time.monotonic() < deadline, peer.pc.connectionState
                 await asyncio.sleep(0.05)
-        finally:
-            await peer.close()
 
-    run(scenario, stream_limit=0.5)
+    run_scenario(scenario, stream_limit=0.5)
 
 
 def test_large_start_message_over_websocket() -> None:
     """A multi-megabyte start (image as data URL) goes through the WebSocket."""
 
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             buf = io.BytesIO()
             noise = Image.effect_noise((1600, 1200), 100).convert("RGB")
             noise.save(buf, format="PNG")
@@ -363,12 +340,10 @@ def test_large_start_message_over_websocket() -> None:
             await peer.send_ws({"type": "interactive_stream_start", "prompt": "noise",
                                 "portrait": False, "input_image_base64": url})
             await peer.expect("stream_started", timeout=20)
-        finally:
-            await peer.close()
         started = [c for n, c in server.sink.calls if n == "stream_started"]
         assert started[0]["image"] == data
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 # --- codecs -----------------------------------------------------------------
@@ -377,45 +352,37 @@ def test_large_start_message_over_websocket() -> None:
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 def test_codec_is_negotiated_and_decodable(codec: str) -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             rtpmap = [line for line in peer.answer_sdp.splitlines() if "a=rtpmap:" in line]
             names = {line.split()[1].split("/")[0].upper() for line in rtpmap}
             assert names - {"RTX"} == {codec.upper()}
             if codec == "h264":
                 assert "packetization-mode=1" in peer.answer_sdp
-            await peer.send({"type": "interactive_stream_start", "prompt": "codec"})
-            await peer.expect("stream_started")
+            await peer.start_stream("codec")
             mark = len(peer.stamps)
             await peer.wait_frames(20)
             frames = tail_from_zero(stream_frames(peer, mark))
             assert len(frames) >= 12
             assert_consecutive(frames)
-        finally:
-            await peer.close()
 
-    run(scenario, codec=codec)
+    run_scenario(scenario, codec=codec)
 
 
 def test_codec_any_lets_the_peer_pick_and_encodes_what_it_picked() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             offered = [line.split()[1].split("/")[0].upper()
                        for line in peer.offer_sdp.splitlines() if line.startswith("a=rtpmap:")]
             assert offered[0] == "VP8" and "H264" in offered
             streamer = server.hub.streamer("sess-1")
             assert streamer is not None
             assert streamer.track.codec == negotiated_video_codec(peer.answer_sdp)
-            await peer.send({"type": "interactive_stream_start", "prompt": "any"})
-            await peer.expect("stream_started")
+            await peer.start_stream("any")
             mark = len(peer.stamps)
             await peer.wait_frames(10)
             assert_consecutive(tail_from_zero(stream_frames(peer, mark)))
-        finally:
-            await peer.close()
 
-    run(scenario, codec="any")
+    run_scenario(scenario, codec="any")
 
 
 def test_codec_any_offers_vp8_then_h264() -> None:
@@ -430,8 +397,7 @@ def test_codec_any_offers_vp8_then_h264() -> None:
 
 def test_fault_never_ack() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             server.ctx.faults.set(never_ack=True)
             await peer.send({"type": "interactive_stream_start", "prompt": "x"})
             with pytest.raises(asyncio.TimeoutError):
@@ -439,16 +405,13 @@ def test_fault_never_ack() -> None:
             server.ctx.faults.clear()
             await peer.send({"type": "interactive_stream_end"})
             await peer.expect("stream_ended")
-        finally:
-            await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_fault_ack_delay_keeps_order() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             server.ctx.faults.set(ack_delay=0.3)
             await peer.send({"type": "interactive_stream_start", "prompt": "x"})
             await peer.send({"type": "update", "prompt": "y"})
@@ -458,10 +421,8 @@ def test_fault_ack_delay_keeps_order() -> None:
             await peer.expect("stream_started")
             await peer.expect("update_acknowledged")
             await peer.expect("stream_ended")
-        finally:
-            await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 @pytest.mark.parametrize(
@@ -469,20 +430,16 @@ def test_fault_ack_delay_keeps_order() -> None:
 )
 def test_fault_stream_error_fires_once(reason: str) -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             server.ctx.faults.set(stream_error=reason, stream_error_message="no luck")
             await peer.send({"type": "interactive_stream_start", "prompt": "x"})
             err = await peer.expect("interactive_stream_error")
             assert err == {"type": "interactive_stream_error", "reason": reason,
                            "message": "no luck"}
-            await peer.send({"type": "interactive_stream_start", "prompt": "x"})
-            await peer.expect("stream_started")
-        finally:
-            await peer.close()
+            await peer.start_stream("x")
         assert server.sink.names().count("stream_started") == 1
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_fault_refuse_signaling_is_503_then_recovers() -> None:
@@ -501,48 +458,39 @@ def test_fault_refuse_signaling_is_503_then_recovers() -> None:
         finally:
             await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_fault_signaling_error_follows_the_offer() -> None:
     async def scenario(server: RealtimeServer) -> None:
         server.ctx.faults.set(signaling_error="streamer_not_available")
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             message = await peer.expect_signal()
             assert message == {"type": "error", "reason": "streamer_not_available"}
-        finally:
-            await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_fault_drop_signaling_closes_with_1011_and_ends_stream() -> None:
     async def scenario(server: RealtimeServer) -> None:
         server.ctx.faults.set(drop_signaling_after=0.5)
-        peer = await connected(server)
-        try:
-            await peer.send({"type": "interactive_stream_start", "prompt": "x"})
-            await peer.expect("stream_started")
+        async with connected(server) as peer:
+            await peer.start_stream("x")
             message = await peer.expect_signal(timeout=5)
             assert message == {"type": "_closed", "code": 1011}
-        finally:
-            await peer.close()
         for _ in range(100):
             if "session_closed" in server.sink.names():
                 break
             await asyncio.sleep(0.02)
         assert server.sink.names()[-2:] == ["stream_ended", "session_closed"]
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_fault_stop_video_pauses_frames_then_resumes() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
-            await peer.send({"type": "interactive_stream_start", "prompt": "x"})
-            await peer.expect("stream_started")
+        async with connected(server) as peer:
+            await peer.start_stream("x")
             await peer.wait_frames(5)
             server.ctx.faults.set(stop_video=True)
             await asyncio.sleep(0.2)  # frames already in flight land
@@ -554,10 +502,8 @@ def test_fault_stop_video_pauses_frames_then_resumes() -> None:
             await peer.expect("update_acknowledged")
             server.ctx.faults.set(stop_video=False)
             await peer.wait_frames(5)
-        finally:
-            await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 @pytest.mark.parametrize("fault", [{"drop_every": 5}, {"reorder_every": 4},
@@ -565,10 +511,8 @@ def test_fault_stop_video_pauses_frames_then_resumes() -> None:
 def test_fault_rtp_loss_and_reorder_stay_decodable(fault: dict[str, int]) -> None:
     async def scenario(server: RealtimeServer) -> None:
         server.ctx.faults.set(**fault)
-        peer = await connected(server)
-        try:
-            await peer.send({"type": "interactive_stream_start", "prompt": "lossy"})
-            await peer.expect("stream_started")
+        async with connected(server) as peer:
+            await peer.start_stream("lossy")
             mark = len(peer.stamps)
             await peer.wait_frames(40)
             frames = stream_frames(peer, mark)
@@ -585,16 +529,13 @@ def test_fault_rtp_loss_and_reorder_stay_decodable(fault: dict[str, int]) -> Non
                 assert seam.dropped > 0
             if fault.get("reorder_every"):
                 assert seam.swapped > 0
-        finally:
-            await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_trickled_candidates_are_tolerated() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             assert peer.ws is not None
             host = "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host"
             for message in (
@@ -609,12 +550,9 @@ def test_trickled_candidates_are_tolerated() -> None:
                               "3f1c5a8e-0000-4000-8000-000000000000.local 50000 typ host"},
             ):
                 await peer.ws.send_str(json.dumps(message))
-            await peer.send({"type": "interactive_stream_start", "prompt": "x"})
-            await peer.expect("stream_started")
-        finally:
-            await peer.close()
+            await peer.start_stream("x")
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 # --- end to end through LocalOdyssey (HTTP half + real-time half) -----------
@@ -769,10 +707,8 @@ def test_route_feedback_drops_remb_and_turns_pli_into_keyframe_requests() -> Non
 
 def test_pli_from_the_peer_produces_a_key_frame() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
-            await peer.send({"type": "interactive_stream_start", "prompt": "x"})
-            await peer.expect("stream_started")
+        async with connected(server) as peer:
+            await peer.start_stream("x")
             await peer.wait_frames(5)
             streamer = server.hub.streamer("sess-1")
             assert streamer is not None
@@ -788,28 +724,24 @@ def test_pli_from_the_peer_produces_a_key_frame() -> None:
                 await asyncio.sleep(0.02)
             assert encoder.keyframes > before
             await peer.wait_frames(5)
-        finally:
-            await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_second_socket_supersedes_the_first_without_freeing() -> None:
     async def scenario(server: RealtimeServer) -> None:
-        first = await connected(server)
-        second = TestPeer()
-        try:
-            await second.connect(server.base_url, "sess-1", "tok-1")
-            closed = await first.expect_signal(timeout=5)
-            assert closed == {"type": "_closed", "code": 1001}
-            assert "session_closed" not in server.sink.names()
-            await second.send({"type": "interactive_stream_start", "prompt": "again"})
-            await second.expect("stream_started")
-        finally:
-            await first.close()
-            await second.close()
+        async with connected(server) as first:
+            second = TestPeer()
+            try:
+                await second.connect(server.base_url, "sess-1", "tok-1")
+                closed = await first.expect_signal(timeout=5)
+                assert closed == {"type": "_closed", "code": 1001}
+                assert "session_closed" not in server.sink.names()
+                await second.start_stream("again")
+            finally:
+                await second.close()
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 @pytest.mark.e2e
@@ -826,8 +758,7 @@ def test_server_stop_with_a_connected_client_closes_everything(tmp_path: Any) ->
                 await peer.connect(server.url, allocation["session_id"],
                                    allocation["session_token"],
                                    signaling_url=allocation["signalling_url"])
-                await peer.send({"type": "interactive_stream_start", "prompt": "bye"})
-                await peer.expect("stream_started")
+                await peer.start_stream("bye")
                 await peer.wait_frames(3)
                 # stop the server from another thread while the client is connected
                 await asyncio.get_running_loop().run_in_executor(None, server.stop)
@@ -863,7 +794,7 @@ def test_streamer_failure_is_reported_without_a_traceback(
                 assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert server.sink.names() == ["session_closed"]
 
-    run(scenario)
+    run_scenario(scenario)
 
 
 def test_slow_candidate_does_not_hold_up_signaling(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -882,8 +813,7 @@ def test_slow_candidate_does_not_hold_up_signaling(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(streamer_module.StreamerSession, "add_remote_candidate", unresolvable)
 
     async def scenario(server: RealtimeServer) -> None:
-        peer = await connected(server)
-        try:
+        async with connected(server) as peer:
             await peer.send_ws({"type": "ice_candidate", "sdpMid": "0", "sdpMLineIndex": 0,
                                 "candidate": "candidate:1 1 udp 2122260223 "
                                 "4f6b1c0e-0000-4000-8000-000000000000.local 54321 typ host"})
@@ -893,7 +823,5 @@ def test_slow_candidate_does_not_hold_up_signaling(monkeypatch: pytest.MonkeyPat
             started = await peer.expect("stream_started")
             assert started["stream_id"]
             assert len(pending) == 1  # the candidate was handed over and is still pending
-        finally:
-            await peer.close()
 
-    run(scenario)
+    run_scenario(scenario)

@@ -6,8 +6,6 @@ import os
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from tests.local.helpers import (
     decode_video,
     local_server,
     play_stream,
+    serve_command,
 )
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.server_options(capacity=3)]
@@ -306,12 +305,7 @@ def test_call_from_loop_thread_is_refused(server: Any) -> None:
 
 
 def test_serve_subprocess_prints_url_and_key(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "odyssey_sync.local", "--port", "0", "--data-dir",
-         str(tmp_path), "--size", "320x176", "--fps", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=Path(__file__).resolve().parents[1])
-    try:
+    with serve_command("--data-dir", str(tmp_path), "--size", "320x176", "--fps", "10") as proc:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(5)]
         url = next(ln.split("=", 1)[1].strip() for ln in lines if "ODYSSEY_API_URL=" in ln)
@@ -321,13 +315,6 @@ def test_serve_subprocess_prints_url_and_key(tmp_path: Path) -> None:
         assert r.status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
     assert os.path.exists(tmp_path / "odyssey-local.sqlite3")
 
 
@@ -397,12 +384,7 @@ def test_shared_data_dir_skips_recovery_while_another_server_runs(tmp_path: Path
 
 
 def test_serve_does_not_echo_a_given_key(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "odyssey_sync.local", "--port", "0", "--data-dir",
-         str(tmp_path), "--api-key", "given-secret-key"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=Path(__file__).resolve().parents[1])
-    try:
+    with serve_command("--data-dir", str(tmp_path), "--api-key", "given-secret-key") as proc:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(5)]
         assert not any("given-secret-key" in ln for ln in lines)
@@ -412,10 +394,3 @@ def test_serve_does_not_echo_a_given_key(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         assert proc.stderr is not None and "given-secret-key" not in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -21,6 +22,7 @@ from odyssey_sync.local.render.stamp import decode_stamp, stamp_region
 from odyssey_sync.local.render.world import World
 
 W, H, FPS = 320, 176, 30.0
+FORMAT: dict[str, Any] = {"width": W, "height": H, "fps": FPS}  # of every render here
 
 
 def _decode_all(path: Path) -> list[av.VideoFrame]:
@@ -39,9 +41,7 @@ def test_recording_has_every_frame_stamped_in_order(tmp_path: Path) -> None:
     out = tmp_path / "rec" / "stream.mp4"  # parent created on demand
     result = render_recording(
         out,
-        width=W,
-        height=H,
-        fps=FPS,
+        **FORMAT,
         prompt="A cat asleep on a couch",
         image=None,
         interactions=[(20, "The cat wakes up")],
@@ -118,7 +118,7 @@ def test_image_recording_starts_with_the_image(tmp_path: Path) -> None:
     photo = np.repeat(np.repeat(rng.integers(0, 256, (11, 20, 3), dtype=np.uint8), 16, 0), 16, 1)
     out = tmp_path / "i.mp4"
     render_recording(
-        out, width=W, height=H, fps=FPS, prompt="p", image=photo, interactions=[], frame_count=3
+        out, **FORMAT, prompt="p", image=photo, interactions=[], frame_count=3
     )
     first = _decode_all(out)[0].to_ndarray(format="rgb24")
     mask = _outside_stamp(W, H)
@@ -132,7 +132,7 @@ def test_script_render(tmp_path: Path) -> None:
         {"timestamp_ms": 1000, "end": {}},
     ]
     out = tmp_path / "job.mp4"
-    result = render_script(out, width=W, height=H, fps=FPS, script=script, stamp_origin=2.0)
+    result = render_script(out, **FORMAT, script=script, stamp_origin=2.0)
     assert result.frame_count == 30 and result.duration_seconds == pytest.approx(1.0)
     frames = [f.to_ndarray(format="rgb24") for f in _decode_all(out)]
     assert len(frames) == 30
@@ -157,7 +157,7 @@ def test_script_with_a_start_image_data_url(tmp_path: Path) -> None:
         {"timestamp_ms": 100, "end": {}},
     ]
     out = tmp_path / "img.mp4"
-    assert render_script(out, width=W, height=H, fps=FPS, script=script).frame_count == 3
+    assert render_script(out, **FORMAT, script=script).frame_count == 3
     first = _decode_all(out)[0].to_ndarray(format="rgb24")
     assert first[H - 10, 10, 0] > 200 and first[H - 10, W - 10, 2] > 200
 
@@ -165,21 +165,19 @@ def test_script_with_a_start_image_data_url(tmp_path: Path) -> None:
 def test_script_without_start_or_end(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="start"):
         render_script(
-            tmp_path / "x.mp4", width=W, height=H, fps=FPS, script=[{"timestamp_ms": 9, "end": {}}]
+            tmp_path / "x.mp4", **FORMAT, script=[{"timestamp_ms": 9, "end": {}}]
         )
     with pytest.raises(ValueError, match="end"):
         render_script(
             tmp_path / "x.mp4",
-            width=W,
-            height=H,
-            fps=FPS,
+            **FORMAT,
             script=[{"timestamp_ms": 0, "start": {"prompt": "p"}}],
         )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_arguments_fail_before_writing(tmp_path: Path) -> None:
-    common = {"width": W, "height": H, "fps": FPS, "prompt": "p", "image": None}
+    common = {**FORMAT, "prompt": "p", "image": None}
     with pytest.raises(ValueError):
         render_recording(tmp_path / "a.mp4", interactions=[], frame_count=0, **common)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
@@ -187,9 +185,7 @@ def test_bad_arguments_fail_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         render_recording(
             tmp_path / "a.mp4",
-            width=W,
-            height=H,
-            fps=-1.0,
+            **{**FORMAT, "fps": -1.0},
             prompt="p",
             image=None,
             interactions=[],
@@ -213,9 +209,7 @@ def test_failure_mid_render_leaves_no_files(
     with pytest.raises(RuntimeError, match="boom"):
         render_recording(
             tmp_path / "old.mp4",
-            width=W,
-            height=H,
-            fps=FPS,
+            **FORMAT,
             prompt="p",
             image=None,
             interactions=[],

@@ -85,7 +85,7 @@ def test_timestamp_defaults_to_pts(rng: np.random.Generator) -> None:
 def test_rgba_and_bgr_rings(sources: list[tuple[av.VideoFrame, U8]]) -> None:
     src, want = sources[0]
     for fmt, expect in (("rgba", None), ("bgr24", want[..., ::-1])):
-        ring = FrameRing(pixel_format=fmt)  # type: ignore[arg-type]
+        ring = FrameRing(frame_format=fmt)  # type: ignore[arg-type]
         ring.write(src)
         with ring.latest() as f:  # type: ignore[union-attr]
             if expect is None:
@@ -102,7 +102,7 @@ def test_constructor_validation() -> None:
     with pytest.raises(TypeError):
         FrameRing(slots=2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        FrameRing(pixel_format="yuv")  # type: ignore[arg-type]
+        FrameRing(frame_format="yuv")  # type: ignore[arg-type]
     ring = FrameRing()
     with pytest.raises(TypeError):
         ring.write(np.zeros((4, 4, 3), np.uint8))  # type: ignore[arg-type]
@@ -246,7 +246,7 @@ def test_user_constructed_frame() -> None:
 
 def test_ring_resizes_into_slots_of_the_output_size(rng: np.random.Generator) -> None:
     geometry = FrameGeometry((16, 12), (8, 0, 48, 48), "area")
-    ring = FrameRing(slots=3, pixel_format="bgr24", geometry=geometry)
+    ring = FrameRing(slots=3, frame_format="bgr24", geometry=geometry)
     assert ring.geometry is geometry
     src = make_frame(rng, 64, 48)
     assert ring.write(src, timestamp_ms=5) == 1

@@ -3,6 +3,9 @@ reference, FrameGeometry validation, convert_frame(size=, resize=, crop=)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -189,6 +192,7 @@ SIZE_PAIRS = [
     ((40, 30), (40, 30)),      # same size (resampled at 1:1)
     ((40, 30), (90, 70)),      # upscale
     ((36, 18), (48, 18)),      # upscale one axis only
+    ((4, 4), (600, 3)),        # extreme upscale: the output far wider than the source
 ]
 
 
@@ -476,3 +480,34 @@ def test_plan_tables_stay_inside_the_planes() -> None:
             assert axis.start.min() >= 0 and axis.start.max() + axis.taps <= extent
             np.testing.assert_allclose(axis.weights.sum(axis=1), 1.0)
             assert (axis.q16.astype(int).sum(axis=1) <= 65536).all()
+
+
+def test_env_switch_zero_resizes_with_numpy() -> None:
+    # Fresh interpreter: the switch is read when odyssey_sync is imported.
+    code = (
+        "import warnings, av, numpy as np\n"
+        "from odyssey_sync._frames import FrameGeometry, FrameRing, convert_frame\n"
+        "f = av.VideoFrame(64, 48, 'yuv420p')\n"
+        "for p in f.planes:\n"
+        "    b = np.frombuffer(memoryview(p), np.uint8); b[:] = np.arange(b.size) % 251\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    a = convert_frame(f, size=(20, 14), crop=(1, 2, 60, 40))\n"
+        "    r = FrameRing(geometry=FrameGeometry((20, 14), (1, 2, 60, 40))); r.write(f)\n"
+        "assert r.converter_name == 'numpy'\n"
+        "with r.latest() as lease:\n"
+        "    np.testing.assert_array_equal(lease.data, a)\n"
+        "assert sum('NumPy converter' in str(x.message) for x in w) == 1\n"
+        "import sys; sys.stdout.buffer.write(a.tobytes())\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, ODYSSEY_SYNC_NATIVE="0", PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = np.frombuffer(proc.stdout, np.uint8).reshape(14, 20, 3)
+    frame = av.VideoFrame(64, 48, "yuv420p")
+    for plane in frame.planes:
+        buf = np.frombuffer(memoryview(plane), np.uint8)
+        buf[:] = np.arange(buf.size) % 251
+    assert_close(got, reference(linear_rgb(frame), (20, 14), (1, 2, 60, 40), "area"))

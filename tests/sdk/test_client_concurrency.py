@@ -7,7 +7,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,25 +19,6 @@ from tests.support import assert_in_order
 pytestmark = pytest.mark.e2e
 
 FPS = 15
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
-    from tests.support import warm_up
-
-    with LocalOdyssey(
-        size=(320, 176), fps=FPS, capacity=4, recordings=False,
-        data_dir=tmp_path_factory.mktemp("local"),
-    ) as srv:
-        warm_up(srv)
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def clean_faults(server: LocalOdyssey) -> Iterator[None]:
-    server.faults.clear()
-    yield
-    server.faults.clear()
 
 
 def test_eight_threads_interacting_each_get_their_own_answer(server: LocalOdyssey) -> None:

@@ -21,28 +21,11 @@ from odyssey_sync.errors import OdysseyConnectionError, OdysseyStreamError, Odys
 from odyssey_sync.local import LocalOdyssey
 from odyssey_sync.local.render.stamp import decode_stamp
 from odyssey_sync.types import ClientCredentials, ConnectionStatus
-from tests.support import assert_in_order, warm_up
+from tests.support import assert_in_order
 
 pytestmark = pytest.mark.e2e
 
 SIZE = (320, 176)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
-    with LocalOdyssey(
-        size=SIZE, fps=15, capacity=4, recordings=False,
-        data_dir=tmp_path_factory.mktemp("local"),
-    ) as srv:
-        warm_up(srv)
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def clean_faults(server: LocalOdyssey) -> Iterator[None]:
-    server.faults.clear()
-    yield
-    server.faults.clear()
 
 
 @pytest.fixture

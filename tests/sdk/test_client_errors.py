@@ -33,25 +33,6 @@ pytestmark = pytest.mark.e2e
 FAST_RETRY = {"initial_retry_delay": 0.05, "max_retry_delay": 0.1}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
-    from tests.support import warm_up
-
-    with LocalOdyssey(
-        size=(320, 176), fps=15, capacity=4, recordings=False,
-        data_dir=tmp_path_factory.mktemp("local"),
-    ) as srv:
-        warm_up(srv)
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def clean_faults(server: LocalOdyssey) -> Iterator[None]:
-    server.faults.clear()
-    yield
-    server.faults.clear()
-
-
 @pytest.fixture
 def client(server: LocalOdyssey) -> Iterator[Odyssey]:
     c = Odyssey(server.api_key, api_url=server.url, connect_timeout=20, **FAST_RETRY)

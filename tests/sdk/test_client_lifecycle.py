@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,26 +13,8 @@ from odyssey_sync.client import Odyssey
 from odyssey_sync.errors import OdysseyTimeoutError
 from odyssey_sync.local import LocalOdyssey
 from odyssey_sync.types import ConnectionStatus
-from tests.support import warm_up
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
-    with LocalOdyssey(
-        size=(320, 176), fps=15, capacity=4, recordings=False,
-        data_dir=tmp_path_factory.mktemp("lifecycle"),
-    ) as srv:
-        warm_up(srv)
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def clean_faults(server: LocalOdyssey) -> Iterator[None]:
-    server.faults.clear()
-    yield
-    server.faults.clear()
 
 
 def test_a_lost_acknowledgement_does_not_poison_later_calls(server: LocalOdyssey) -> None:

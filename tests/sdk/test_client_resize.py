@@ -9,7 +9,6 @@ it to their ``FrameRing``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,19 +17,10 @@ import pytest
 from odyssey_sync.client import Odyssey
 from odyssey_sync.local import LocalOdyssey
 from odyssey_sync.spectator import connect_to_stream
-from tests.support import warm_up
 
 pytestmark = pytest.mark.e2e
 
 SOURCE = (320, 176)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
-    with LocalOdyssey(size=SOURCE, fps=15, capacity=4, recordings=False,
-                      data_dir=tmp_path_factory.mktemp("local")) as srv:
-        warm_up(srv)
-        yield srv
 
 
 def assert_picture(data: Any, width: int, height: int) -> None:

@@ -7,26 +7,8 @@ from typing import Any
 
 import pytest
 
-import odyssey_sync.errors as errors_module
+from odyssey_sync import errors
 from odyssey_sync._deadline import DEFAULT, Deadline, check_timeout
-from odyssey_sync.errors import (
-    AccountSuspendedError,
-    ConcurrentLimitReachedError,
-    MonthlyLimitReachedError,
-    OdysseyAuthError,
-    OdysseyConnectionError,
-    OdysseyError,
-    OdysseyNotFoundError,
-    OdysseyPermissionError,
-    OdysseyQueueTimeoutError,
-    OdysseyRequestError,
-    OdysseyStreamError,
-    OdysseyTimeoutError,
-    OdysseyUsageError,
-    RateLimitError,
-    SignalingHandshakeError,
-    StreamDurationExceededError,
-)
 
 # --------------------------------------------------------------------------- the tree
 
@@ -34,53 +16,54 @@ from odyssey_sync.errors import (
 @pytest.mark.parametrize(
     ("cls", "builtin"),
     [
-        (OdysseyAuthError, ValueError),
-        (OdysseyConnectionError, ConnectionError),
-        (OdysseyQueueTimeoutError, ConnectionError),
-        (OdysseyQueueTimeoutError, TimeoutError),
-        (SignalingHandshakeError, ConnectionError),
-        (OdysseyRequestError, ValueError),
-        (OdysseyNotFoundError, ValueError),
-        (OdysseyNotFoundError, LookupError),
-        (OdysseyPermissionError, ValueError),
-        (OdysseyPermissionError, PermissionError),
-        (OdysseyStreamError, RuntimeError),
-        (OdysseyTimeoutError, TimeoutError),
-        (OdysseyUsageError, PermissionError),
-        (RateLimitError, PermissionError),
+        (errors.OdysseyAuthError, ValueError),
+        (errors.OdysseyConnectionError, ConnectionError),
+        (errors.OdysseyQueueTimeoutError, ConnectionError),
+        (errors.OdysseyQueueTimeoutError, TimeoutError),
+        (errors.SignalingHandshakeError, ConnectionError),
+        (errors.OdysseyRequestError, ValueError),
+        (errors.OdysseyNotFoundError, ValueError),
+        (errors.OdysseyNotFoundError, LookupError),
+        (errors.OdysseyPermissionError, ValueError),
+        (errors.OdysseyPermissionError, PermissionError),
+        (errors.OdysseyStreamError, RuntimeError),
+        (errors.OdysseyTimeoutError, TimeoutError),
+        (errors.OdysseyUsageError, PermissionError),
+        (errors.RateLimitError, PermissionError),
     ],
 )
 def test_every_class_is_also_its_builtin(cls: type[Exception], builtin: type[Exception]) -> None:
-    assert issubclass(cls, OdysseyError) and issubclass(cls, builtin)
+    assert issubclass(cls, errors.OdysseyError) and issubclass(cls, builtin)
 
 
 def test_every_exported_class_is_in_the_tree_and_has_a_builtin_base() -> None:
-    exported = [getattr(errors_module, n) for n in errors_module.__all__]
+    exported = [getattr(errors, n) for n in errors.__all__]
     classes = [c for c in exported if isinstance(c, type)]
-    assert SignalingHandshakeError in classes
+    assert errors.SignalingHandshakeError in classes
     for cls in classes:
-        assert issubclass(cls, OdysseyError)
-        if cls is not OdysseyError:
+        assert issubclass(cls, errors.OdysseyError)
+        if cls is not errors.OdysseyError:
             builtin_bases = [b for b in cls.__mro__ if b.__module__ == "builtins"]
             assert builtin_bases[0] not in (Exception, BaseException, object), cls
-        assert cls.__name__ in (errors_module.__doc__ or ""), f"{cls.__name__} not drawn"
+        assert cls.__name__ in (errors.__doc__ or ""), f"{cls.__name__} not drawn"
 
 
 def test_signaling_handshake_error_lives_in_errors() -> None:
     import odyssey_sync._signaling as signaling
 
-    assert SignalingHandshakeError.__module__ == "odyssey_sync.errors"
-    assert signaling.SignalingHandshakeError is SignalingHandshakeError
+    assert errors.SignalingHandshakeError.__module__ == "odyssey_sync.errors"
+    assert signaling.SignalingHandshakeError is errors.SignalingHandshakeError
 
 
 def test_oserror_based_classes_keep_their_message_and_fields() -> None:
-    err = MonthlyLimitReachedError("MONTHLY_LIMIT_REACHED", "used up", "Upgrade", None,
+    err = errors.MonthlyLimitReachedError("MONTHLY_LIMIT_REACHED", "used up", "Upgrade", None,
                                    {"used_hours": 10, "limit_hours": 10}, status=429)
     assert err.message == "used up" and err.status == 429 and err.errno is None
     assert "Used 10 of 10 hours" in str(err)
-    perm = OdysseyPermissionError("forbidden (403)", status=403)
+    perm = errors.OdysseyPermissionError("forbidden (403)", status=403)
     assert str(perm) == "forbidden (403)" and perm.errno is None
-    for cls in (ConcurrentLimitReachedError, StreamDurationExceededError, AccountSuspendedError):
+    for cls in (errors.ConcurrentLimitReachedError, errors.StreamDurationExceededError,
+                errors.AccountSuspendedError):
         assert isinstance(cls("C", "m"), PermissionError)
 
 
@@ -124,6 +107,6 @@ def test_deadline_validates_and_shares_the_budget() -> None:
     assert Deadline(None).remaining() is None and Deadline(math.inf).remaining() is None
     due = Deadline(0)
     assert due.expired
-    with pytest.raises(OdysseyTimeoutError, match="step timed out"):
+    with pytest.raises(errors.OdysseyTimeoutError, match="step timed out"):
         due.check("step")
     assert Deadline(10).clamp(1.0) == 1.0

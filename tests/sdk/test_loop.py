@@ -12,6 +12,15 @@ from odyssey_sync._loop import LoopThread
 from odyssey_sync.errors import OdysseyConnectionError, OdysseyTimeoutError
 
 
+async def wait_until_cancelled(cancelled: threading.Event) -> None:
+    """Wait forever; set *cancelled* when cancelled."""
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+
+
 @pytest.fixture
 def lt() -> Iterator[LoopThread]:
     loop_thread = LoopThread("test-loop")
@@ -48,16 +57,8 @@ def test_submit_propagates_exception(lt: LoopThread) -> None:
 
 def test_submit_timeout_cancels_coroutine(lt: LoopThread) -> None:
     cancelled = threading.Event()
-
-    async def forever() -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
     with pytest.raises(OdysseyTimeoutError, match="slow thing timed out"):
-        lt.submit(forever(), 0.05, what="slow thing")
+        lt.submit(wait_until_cancelled(cancelled), 0.05, what="slow thing")
     assert cancelled.wait(2.0)
 
 
@@ -131,15 +132,8 @@ def test_stop_cancels_pending_tasks() -> None:
     lt.start()
     cancelled = threading.Event()
 
-    async def waiter() -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
     def spawn() -> None:
-        asyncio.get_running_loop().create_task(waiter())
+        asyncio.get_running_loop().create_task(wait_until_cancelled(cancelled))
 
     lt.call_soon(spawn)
 

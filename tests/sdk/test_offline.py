@@ -15,17 +15,9 @@ import av
 import numpy as np
 import pytest
 
+from odyssey_sync import errors
 from odyssey_sync._offline import OfflineMethods
 from odyssey_sync._rest import ApiClient
-from odyssey_sync.errors import (
-    OdysseyConnectionError,
-    OdysseyNotFoundError,
-    OdysseyPermissionError,
-    OdysseyQueueTimeoutError,
-    OdysseyRequestError,
-    OdysseyStreamError,
-    OdysseyTimeoutError,
-)
 from odyssey_sync.local import LocalOdyssey
 from odyssey_sync.types import (
     ClientCredentials,
@@ -164,7 +156,7 @@ def test_download_progress_bar(fast: _C, tmp_path: Path,
 def test_failed_simulation(fast: _C) -> None:
     # the emulator refuses to fetch foreign script URLs: the job fails
     job = fast.simulate(script_url="http://example.invalid/script.json")
-    with pytest.raises(OdysseyStreamError, match="not served by this local server") as info:
+    with pytest.raises(errors.OdysseyStreamError, match="not served by this local server") as info:
         fast.wait_for_simulation(job.job_id, timeout=60, poll_interval=0.1, progress=False)
     assert info.value.reason == "simulation_failed"
 
@@ -172,15 +164,15 @@ def test_failed_simulation(fast: _C) -> None:
 def test_cancel_finished_job_400(fast: _C) -> None:
     job = fast.simulate(script=[SCRIPT_A[0], SCRIPT_A[-1]])
     fast.wait_for_simulation(job.job_id, timeout=60, poll_interval=0.1, progress=False)
-    with pytest.raises(OdysseyRequestError, match="completed") as info:
+    with pytest.raises(errors.OdysseyRequestError, match="completed") as info:
         fast.cancel_simulation(job.job_id)
     assert info.value.status == 400
 
 
 def test_recording_not_found(fast: _C, tmp_path: Path) -> None:
-    with pytest.raises(OdysseyNotFoundError):
+    with pytest.raises(errors.OdysseyNotFoundError):
         fast.get_recording("no-such-stream")
-    with pytest.raises(OdysseyNotFoundError):
+    with pytest.raises(errors.OdysseyNotFoundError):
         fast.download_recording("no-such-stream", tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
 
@@ -192,7 +184,7 @@ def test_cancelled_simulation(slow: _C) -> None:
     job = slow.simulate(script=SCRIPT_A)
     info = slow.cancel_simulation(job.job_id)
     assert info.status is SimulationJobStatus.CANCELLED
-    with pytest.raises(OdysseyStreamError, match="cancelled") as err:
+    with pytest.raises(errors.OdysseyStreamError, match="cancelled") as err:
         slow.wait_for_simulation(job.job_id, timeout=10, poll_interval=0.1, progress=False)
     assert err.value.reason == "simulation_cancelled"
     status = slow.get_simulate_status(job.job_id)
@@ -202,7 +194,7 @@ def test_cancelled_simulation(slow: _C) -> None:
 def test_wait_timeout(slow: _C) -> None:
     job = slow.simulate(script=SCRIPT_A)
     try:
-        with pytest.raises(OdysseyTimeoutError, match=r"did not finish within 0\.3 s"):
+        with pytest.raises(errors.OdysseyTimeoutError, match=r"did not finish within 0\.3 s"):
             slow.wait_for_simulation(job.job_id, timeout=0.3, poll_interval=0.05, progress=False)
     finally:
         slow.cancel_simulation(job.job_id)
@@ -232,7 +224,7 @@ def test_bypass_flag_is_sent(slow: _C) -> None:
 
 def test_close_interrupts_wait(slow: _C) -> None:
     job = slow.simulate(script=SCRIPT_A)
-    errors: list[BaseException] = []
+    raised: list[BaseException] = []
     polled = threading.Event()
     slow._api.http.add_response_hook(lambda r, *a, **k: polled.set())
 
@@ -240,7 +232,7 @@ def test_close_interrupts_wait(slow: _C) -> None:
         try:
             slow.wait_for_simulation(job.job_id, timeout=30, poll_interval=5, progress=False)
         except BaseException as exc:
-            errors.append(exc)
+            raised.append(exc)
 
     polled.clear()
     t = threading.Thread(target=run, name="test-wait")
@@ -249,7 +241,7 @@ def test_close_interrupts_wait(slow: _C) -> None:
     slow._api.close()
     t.join(5)
     assert not t.is_alive()
-    assert isinstance(errors[0], OdysseyConnectionError)
+    assert isinstance(raised[0], errors.OdysseyConnectionError)
 
 
 def test_create_client_credentials(slow: _C, slow_server: LocalOdyssey) -> None:
@@ -270,7 +262,7 @@ def test_create_client_credentials(slow: _C, slow_server: LocalOdyssey) -> None:
 
 def test_credentials_queue_timeout(slow: _C, slow_server: LocalOdyssey) -> None:
     slow_server.faults.set(refuse_sessions=50)
-    with pytest.raises(OdysseyQueueTimeoutError):
+    with pytest.raises(errors.OdysseyQueueTimeoutError):
         slow.create_client_credentials(timeout=10, queue_timeout=0)
 
 
@@ -280,9 +272,9 @@ def test_foreign_job_is_403(slow: _C, tmp_path: Path) -> None:
             ApiClient(srv.url, srv.api_key) as mine_api, \
             ApiClient(srv.url, "other-account-key-123456") as theirs_api:
         theirs = _C(theirs_api).simulate(script=SCRIPT_A)
-        with pytest.raises(OdysseyPermissionError):
+        with pytest.raises(errors.OdysseyPermissionError):
             _C(mine_api).get_simulate_status(theirs.job_id)
-        with pytest.raises(OdysseyPermissionError):
+        with pytest.raises(errors.OdysseyPermissionError):
             _C(mine_api).cancel_simulation(theirs.job_id)
 
 
@@ -393,16 +385,16 @@ def _stubbed(answers: list[Any]) -> tuple[_C, _StubApi]:
 
 
 def test_transient_poll_failures_are_retried() -> None:
-    c, stub = _stubbed([OdysseyConnectionError("blip"), "processing",
-                        OdysseyTimeoutError("slow"), OdysseyConnectionError("blip"),
+    c, stub = _stubbed([errors.OdysseyConnectionError("blip"), "processing",
+                        errors.OdysseyTimeoutError("slow"), errors.OdysseyConnectionError("blip"),
                         "completed"])
     job = c.wait_for_simulation("j", timeout=None, poll_interval=0.01, progress=False)
     assert job.status is SimulationJobStatus.COMPLETED and stub.calls == 5
 
 
 def test_persistent_poll_failures_raise() -> None:
-    c, stub = _stubbed([OdysseyConnectionError(f"down {i}") for i in range(5)])
-    with pytest.raises(OdysseyConnectionError, match="down 3"):
+    c, stub = _stubbed([errors.OdysseyConnectionError(f"down {i}") for i in range(5)])
+    with pytest.raises(errors.OdysseyConnectionError, match="down 3"):
         c.wait_for_simulation("j", timeout=None, poll_interval=0.01, progress=False)
     assert stub.calls == 4
 
@@ -421,7 +413,7 @@ def test_failed_message_carried() -> None:
 
     c = _C.__new__(_C)
     c._api = FailingApi([])  # type: ignore[assignment]
-    with pytest.raises(OdysseyStreamError, match="GPU on fire") as info:
+    with pytest.raises(errors.OdysseyStreamError, match="GPU on fire") as info:
         c.wait_for_simulation("j", progress=False)
     assert info.value.reason == "simulation_failed"
 
@@ -430,14 +422,14 @@ def test_failed_message_carried() -> None:
 
 
 def test_wait_polls_until_the_video_url_exists() -> None:
-    c, stub = _stubbed([None, None, OdysseyConnectionError("blip"), "http://x/v.mp4"])
+    c, stub = _stubbed([None, None, errors.OdysseyConnectionError("blip"), "http://x/v.mp4"])
     rec = c.wait_for_recording("s", timeout=None, poll_interval=0.01)
     assert rec.video_url == "http://x/v.mp4" and stub.calls == 4
 
 
 def test_wait_times_out_with_the_last_state() -> None:
     c, _ = _stubbed([None])
-    with pytest.raises(OdysseyTimeoutError, match="processing") as info:
+    with pytest.raises(errors.OdysseyTimeoutError, match="processing") as info:
         c.wait_for_recording("s", timeout=0.2, poll_interval=0.01)
     assert info.value.stream_id == "s"
 
@@ -447,7 +439,7 @@ def test_close_interrupts_the_wait() -> None:
     closer = threading.Timer(0.1, stub.closed.set)
     closer.start()
     try:
-        with pytest.raises(OdysseyConnectionError, match="closed"):
+        with pytest.raises(errors.OdysseyConnectionError, match="closed"):
             c.wait_for_recording("s", timeout=30, poll_interval=0.01)
     finally:
         closer.join()
@@ -469,12 +461,12 @@ def test_a_stream_without_frames_has_no_video_to_wait_for() -> None:
                                         "frame_count": 0, "duration_seconds": 0.0})
 
     c._api = NoFrames([])  # type: ignore[assignment]
-    with pytest.raises(OdysseyNotFoundError, match="without any frame"):
+    with pytest.raises(errors.OdysseyNotFoundError, match="without any frame"):
         c.wait_for_recording("s", timeout=30, poll_interval=0.01)
 
 
 def test_download_recording_timeout_covers_the_wait(tmp_path: Path) -> None:
     c, stub = _stubbed([None])
-    with pytest.raises(OdysseyTimeoutError):
+    with pytest.raises(errors.OdysseyTimeoutError):
         c.download_recording("s", tmp_path, progress=False, timeout=0.2)
     assert stub.downloads == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,38 +12,26 @@ import numpy as np
 import pytest
 
 from odyssey_sync.client import Odyssey
-from odyssey_sync.errors import OdysseyConnectionError
+from odyssey_sync.errors import OdysseyConnectionError, OdysseyStreamError
 from odyssey_sync.local import LocalOdyssey
 from odyssey_sync.local.render.stamp import decode_stamp
 from odyssey_sync.types import ConnectionStatus
-
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 FPS = 15
 SIZE = (320, 176)
 STREAM_LIMIT = 3.0
 CONNECTION_LIMIT = 8.0
+LIMITS = {"stream_limit": STREAM_LIMIT, "connection_limit": CONNECTION_LIMIT,
+          "stale_session_timeout": 2.0}
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120),
+              pytest.mark.server_options(max_concurrent_per_key=4, **LIMITS)]
 
 
 def _server(data_dir: Path, **options: Any) -> LocalOdyssey:
-    options.setdefault("stream_limit", STREAM_LIMIT)
-    options.setdefault("connection_limit", CONNECTION_LIMIT)
-    options.setdefault("stale_session_timeout", 2.0)
+    """A server of this test's own (the module's ``server`` fixture has these limits too)."""
     return LocalOdyssey(size=SIZE, fps=FPS, capacity=4, max_concurrent_per_key=4,
-                        recordings=False, data_dir=data_dir, **options)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOdyssey]:
-    with _server(tmp_path_factory.mktemp("resume")) as srv:
-        yield srv
-
-
-@pytest.fixture(autouse=True)
-def clean_faults(server: LocalOdyssey) -> Iterator[None]:
-    server.faults.clear()
-    yield
-    server.faults.clear()
+                        recordings=False, data_dir=data_dir, **{**LIMITS, **options})
 
 
 def _client(server: LocalOdyssey, **options: Any) -> Odyssey:
@@ -247,3 +234,16 @@ def test_without_resume_the_stream_limit_ends_the_session(server: LocalOdyssey) 
         assert errors == [("session_timeout", "Stream ended: credit lease expired")]
         with pytest.raises(OdysseyConnectionError):
             client.get_latest_frame(timeout=0)
+
+
+def test_calls_after_the_server_ended_the_session_say_the_connection_was_lost(
+    server: LocalOdyssey,
+) -> None:
+    """Without resume the stream limit ends the session; the next call says why."""
+    with Odyssey(server.api_key, api_url=server.url) as client:
+        ended = threading.Event()
+        client.connect(on_disconnected=ended.set)
+        client.start_stream("short life")
+        assert ended.wait(10)
+        with pytest.raises(OdysseyStreamError, match="connection was lost"):
+            client.end_stream()

@@ -21,7 +21,14 @@ from aiohttp import web
 from ..limits import INT64_MAX, JsonProblem, decode_json
 from .errors import ApiError, validation_error
 
-__all__ = ["query_bool", "query_int", "read_json", "read_limited", "require_object"]
+__all__ = [
+    "query_bool",
+    "query_int",
+    "read_json",
+    "read_limited",
+    "require_object",
+    "require_str",
+]
 
 _QUERY_INT = re.compile(r"-?[0-9]{1,19}")
 
@@ -66,6 +73,21 @@ def require_object(body: Any) -> dict[str, Any]:
         raise validation_error(["body"], "Input should be a valid dictionary or object to "
                                "extract fields from", "model_attributes_type")
     return body
+
+
+def require_str(body: dict[str, Any], name: str, *, non_empty: bool = False) -> str:
+    """The string field *name* of a JSON object body; a 422 when it is missing, not a
+    string or (``non_empty``) empty."""
+    loc = ["body", name]
+    if name not in body:
+        raise validation_error(loc, "Field required", "missing")
+    value = body[name]
+    if not isinstance(value, str):
+        raise validation_error(loc, "Input should be a valid string", "string_type")
+    if non_empty and not value:
+        raise validation_error(loc, "String should have at least 1 character",
+                               "string_too_short")
+    return value
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int,

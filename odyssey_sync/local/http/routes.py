@@ -17,7 +17,7 @@ from ..faults import Faults, FaultValueError
 from ..store import Row
 from .backend import MEDIA_KINDS, LocalBackend, backend_of
 from .errors import ApiError, validation_error
-from .parsing import query_int, read_json, read_limited, require_object
+from .parsing import query_int, read_json, read_limited, require_object, require_str
 
 __all__ = ["SMALL_BODY_LIMIT", "add_routes"]
 
@@ -30,15 +30,7 @@ SMALL_BODY_LIMIT = 1 << 20
 async def auth_token(request: web.Request) -> web.StreamResponse:
     backend = backend_of(request)
     body = require_object(await read_json(request, SMALL_BODY_LIMIT))
-    key = body.get("api_key")
-    if "api_key" not in body:
-        raise validation_error(["body", "api_key"], "Field required", "missing")
-    if not isinstance(key, str):
-        raise validation_error(["body", "api_key"], "Input should be a valid string",
-                               "string_type")
-    if not key:
-        raise validation_error(["body", "api_key"], "String should have at least 1 character",
-                               "string_too_short")
+    key = require_str(body, "api_key", non_empty=True)
     faults = backend.ctx.faults
     if faults.take("deny_auth"):
         raise ApiError(403, faults.deny_auth_detail)
@@ -90,12 +82,7 @@ async def sessions_token(request: web.Request) -> web.StreamResponse:
     backend = backend_of(request)
     key_id = backend.bearer_key_id(request)
     body = require_object(await read_json(request, SMALL_BODY_LIMIT))
-    session_id = body.get("session_id")
-    if "session_id" not in body:
-        raise validation_error(["body", "session_id"], "Field required", "missing")
-    if not isinstance(session_id, str):
-        raise validation_error(["body", "session_id"], "Input should be a valid string",
-                               "string_type")
+    session_id = require_str(body, "session_id")
     alloc = backend.allocations.get(session_id)
     if alloc is None or alloc.key_id != key_id:
         raise ApiError(404, "Session not found")

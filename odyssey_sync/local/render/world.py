@@ -231,12 +231,7 @@ class World:
         prompt, image, the interactions at frames ≤ ``frame``, and ``frame``.
         Raises ``ValueError`` for a negative frame.
         """
-        if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
-            raise TypeError(f"frame must be int, not {type(frame).__name__}")
-        if frame < 0:
-            raise ValueError(f"frame must be >= 0, got {frame}")
-        frame = int(frame)
-        scene = self._scene(bisect.bisect_right(self._frames, frame))
+        frame, scene = self._frame_and_scene(frame)
         out, width = self._buf, self.width
         for row0, row1, off in self._band_offsets(scene, frame):
             np.copyto(out[row0:row1], scene.tile[row0:row1, off : off + width])
@@ -263,12 +258,7 @@ class World:
         :meth:`render` shows, up to chroma rounding at object edges, plus the
         stamp. Raises like :meth:`render`.
         """
-        if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
-            raise TypeError(f"frame must be int, not {type(frame).__name__}")
-        if frame < 0:
-            raise ValueError(f"frame must be >= 0, got {frame}")
-        frame = int(frame)
-        scene = self._scene(bisect.bisect_right(self._frames, frame))
+        frame, scene = self._frame_and_scene(frame)
         # Compose straight into the new frame's planes, in the encoder's format:
         # an RGB render plus a swscale conversion costs ≈ 20× more CPU, and the
         # server shares two cores with the encoder and the client.
@@ -332,6 +322,15 @@ class World:
         return x0, y0, x1, y1, x0 - x, y0 - y
 
     # -- scenes --------------------------------------------------------------
+
+    def _frame_and_scene(self, frame: int) -> tuple[int, SceneData]:
+        """*frame* checked (an int >= 0, else TypeError/ValueError) and the scene it shows."""
+        if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)):
+            raise TypeError(f"frame must be int, not {type(frame).__name__}")
+        if frame < 0:
+            raise ValueError(f"frame must be >= 0, got {frame}")
+        frame = int(frame)
+        return frame, self._scene(bisect.bisect_right(self._frames, frame))
 
     def _scene(self, index: int) -> SceneData:
         scene = self._scenes.get(index)

@@ -52,17 +52,25 @@ def run_cli() -> RunCli:
     return run
 
 
-@pytest.fixture(scope="session")
-def popen_cli() -> Callable[..., subprocess.Popen[str]]:
-    """``popen_cli(*args, env=None)``: the command line started with piped stdio."""
+@pytest.fixture
+def popen_cli() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """``popen_cli(*args, env=None)``: the command line started with piped stdio; one
+    still running when the test ends (e.g. after a failed assertion) is killed."""
+    started: list[subprocess.Popen[str]] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "odyssey_sync", *args], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(env),
             cwd=REPO)
+        started.append(proc)
+        return proc
 
-    return start
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
 
 
 @pytest.fixture(scope="module")

@@ -80,21 +80,16 @@ def test_ctrl_c_while_waiting_names_the_job_and_how_to_follow_it(
     with LocalOdyssey(size=(320, 176), job_delay=60.0, data_dir=tmp_path / "srv") as srv:
         proc = popen_cli("--api-url", srv.url, "--api-key", srv.api_key, "simulate",
                          str(script), "--wait")
-        try:
-            assert proc.stderr is not None
-            line = ""
-            deadline = time.monotonic() + 30
-            while "simulation job" not in line and time.monotonic() < deadline:
-                line = proc.stderr.readline()
-                assert line, "exited early"
-            job_id = line.split("simulation job ", 1)[1].split(":", 1)[0]
-            time.sleep(0.5)  # into the wait
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=5)
+        assert proc.stderr is not None
+        line = ""
+        deadline = time.monotonic() + 30
+        while "simulation job" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "exited early"
+        job_id = line.split("simulation job ", 1)[1].split(":", 1)[0]
+        time.sleep(0.5)  # into the wait
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
         assert "Traceback" not in err
         assert f"simulation job {job_id} keeps running" in err

@@ -42,12 +42,8 @@ def read_until(stream: Any, needle: str, limit: float = 30.0) -> str:
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 30.0) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
+    """Wait for *proc*'s end and output (``popen_cli`` kills it if it never ends)."""
+    return proc.communicate(timeout=timeout)
 
 
 def test_stream_saves_an_mp4_and_reports_json(run_cli: Any, api: list[str],
@@ -68,19 +64,14 @@ def test_stream_broadcast_json_prints_the_spectator_details_at_once(
     popen_cli: Any, api: list[str], server: LocalOdyssey
 ) -> None:
     proc = popen_cli("--json", *api, "stream", "A harbour", "--seconds", "60", "--broadcast")
-    try:
-        assert proc.stdout is not None
-        first = json.loads(proc.stdout.readline())
-        # Printed while the stream still runs, not with the result at the end.
-        assert proc.poll() is None
-        assert first["event"] == "broadcast_ready"
-        assert first["webrtc_url"].startswith(server.url) and first["spectator_token"]
-        proc.send_signal(signal.SIGINT)
-        _, err = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())
+    # Printed while the stream still runs, not with the result at the end.
+    assert proc.poll() is None
+    assert first["event"] == "broadcast_ready"
+    assert first["webrtc_url"].startswith(server.url) and first["spectator_token"]
+    proc.send_signal(signal.SIGINT)
+    _, err = finish(proc)
     assert proc.returncode == 130, err
     assert "broadcast ready:" in err
     assert first["spectator_token"] not in err  # in --json mode only on stdout
@@ -146,17 +137,12 @@ def test_ctrl_c_exits_130_and_finishes_the_video(popen_cli: Any, api: list[str],
                                                  tmp_path: Path) -> None:
     out = tmp_path / "partial.mp4"
     proc = popen_cli(*api, "stream", "A cat", "--seconds", "60", "--out", str(out))
-    try:
-        read_until(proc.stderr, "stream started")
-        deadline = time.monotonic() + 15  # the file appears with the first frame
-        while not out.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, rest = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
+    read_until(proc.stderr, "stream started")
+    deadline = time.monotonic() + 15  # the file appears with the first frame
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, rest = finish(proc)
     assert proc.returncode == 130, rest
     assert "Traceback" not in rest and "interrupted" in rest
     assert len(decoded(out)) > 0  # the video so far is finished, not corrupt
@@ -167,18 +153,13 @@ def test_lost_server_is_named_and_the_video_kept(popen_cli: Any, tmp_path: Path)
     with LocalOdyssey(size=(320, 176), fps=15, data_dir=tmp_path / "srv") as srv:
         proc = popen_cli("--api-url", srv.url, "--api-key", srv.api_key, "stream", "A cat",
                          "--seconds", "60", "--out", str(out))
-        try:
-            read_until(proc.stderr, "stream started")
-            deadline = time.monotonic() + 15
-            while not out.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)
-            srv.stop()
-            _, err = finish(proc, timeout=45)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=5)
+        read_until(proc.stderr, "stream started")
+        deadline = time.monotonic() + 15
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        srv.stop()
+        _, err = finish(proc, timeout=45)
     assert proc.returncode == 1, err
     assert "Traceback" not in err
     assert "connection to the server was lost" in err

@@ -16,13 +16,9 @@ from odyssey_sync.local import LocalOdyssey
 
 
 def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """Ctrl-C *proc*; its output (``popen_cli`` kills it if it does not end)."""
     proc.send_signal(signal.SIGINT)
-    try:
-        return proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=5)
+    return proc.communicate(timeout=20)
 
 
 SERVE = ["serve", "--port", "0", "--size", "320x176", "--fps", "15"]
