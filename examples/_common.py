@@ -35,3 +35,24 @@ def open_client(*, small: bool = False, **options: Any) -> Iterator[Odyssey]:
         server.api_key, api_url=server.url, **options
     ) as client:
         yield client
+
+
+@contextlib.contextmanager
+def service_settings(*, small: bool = False, capacity: int = 1) -> Iterator[dict[str, str]]:
+    """Where to connect, as keyword arguments (``api_key``, maybe ``api_url``).
+
+    For code that builds its own clients (Gymnasium environments, Ray fleets):
+    the real service when ODYSSEY_API_KEY is set, else an embedded local server
+    with room for ``capacity`` sessions at once (320x176 when *small*, else
+    1280x704; 20 fps, the service's rate), stopped on exit.
+    """
+    api_key = os.environ.get("ODYSSEY_API_KEY")
+    if api_key:
+        yield {"api_key": api_key}
+        return
+    from odyssey_sync.local import LocalOdyssey
+
+    size = (320, 176) if small else (1280, 704)
+    with LocalOdyssey(size=size, fps=20, capacity=capacity, max_concurrent_per_key=capacity,
+                      recordings=False) as server:
+        yield {"api_key": server.api_key, "api_url": server.url}

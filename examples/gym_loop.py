@@ -16,31 +16,15 @@ optionally ODYSSEY_API_URL) to use the real service::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
-from collections.abc import Iterator
 
 import gymnasium
 import numpy as np
+from _common import service_settings
 
 import odyssey_sync.gym  # noqa: F401  (registers "odyssey_sync/Odyssey-v0")
 
 PROMPTS = ["The camera turns left", "The camera turns right", "The camera moves forward"]
-
-
-@contextlib.contextmanager
-def service(small: bool) -> Iterator[dict[str, str]]:
-    """Connection settings: the real service when ODYSSEY_API_KEY is set, else a local server."""
-    api_key = os.environ.get("ODYSSEY_API_KEY")
-    if api_key:
-        yield {"api_key": api_key}
-        return
-    from odyssey_sync.local import LocalOdyssey
-
-    size, fps = ((320, 176), 20) if small else ((1280, 704), 20)
-    with LocalOdyssey(size=size, fps=fps, recordings=False) as server:
-        yield {"api_key": server.api_key, "api_url": server.url}
 
 
 def policy(obs: np.ndarray) -> int:
@@ -60,7 +44,7 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="small frames (local server only)")
     args = parser.parse_args()
 
-    with service(args.small) as settings:
+    with service_settings(small=args.small) as settings:
         env = gymnasium.make(
             "odyssey_sync/Odyssey-v0", **settings, prompt="A forest trail at dawn",
             prompts=PROMPTS, obs_size=(128, 72), control_hz=args.hz,

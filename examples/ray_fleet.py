@@ -18,30 +18,14 @@ RAY_ADDRESS to join a cluster (``--out`` must then be storage every node sees)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import ray
+from _common import service_settings
 
 from odyssey_sync.fleet import observations, prompt_schedule, read_rollouts, run_fleet
-
-
-@contextlib.contextmanager
-def service(small: bool, capacity: int) -> Iterator[dict[str, str]]:
-    """Connection settings: the real service when ODYSSEY_API_KEY is set, else a local server."""
-    api_key = os.environ.get("ODYSSEY_API_KEY")
-    if api_key:
-        yield {"api_key": api_key}
-        return
-    from odyssey_sync.local import LocalOdyssey
-
-    size = (320, 176) if small else (1280, 704)
-    with LocalOdyssey(size=size, fps=20, capacity=capacity, max_concurrent_per_key=capacity,
-                      recordings=False) as server:
-        yield {"api_key": server.api_key, "api_url": server.url}
 
 
 def main() -> int:
@@ -56,7 +40,7 @@ def main() -> int:
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
     try:
-        with service(args.small, args.max_sessions) as settings:
+        with service_settings(small=args.small, capacity=args.max_sessions) as settings:
             env_options = {"prompt": "A delivery robot in a corridor", "obs_size": (96, 96),
                            "control_hz": 10}
             if "api_url" in settings:

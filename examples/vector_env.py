@@ -15,30 +15,13 @@ envs); set ODYSSEY_API_KEY (and optionally ODYSSEY_API_URL) for the service::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import time
-from collections.abc import Iterator
 
 import gymnasium
 import numpy as np
+from _common import service_settings
 
 import odyssey_sync.gym  # noqa: F401  (registers "odyssey_sync/Odyssey-v0")
-
-
-@contextlib.contextmanager
-def service(small: bool, capacity: int) -> Iterator[dict[str, str]]:
-    """Connection settings: the real service when ODYSSEY_API_KEY is set, else a local server."""
-    api_key = os.environ.get("ODYSSEY_API_KEY")
-    if api_key:
-        yield {"api_key": api_key}
-        return
-    from odyssey_sync.local import LocalOdyssey
-
-    size = (320, 176) if small else (1280, 704)
-    with LocalOdyssey(size=size, fps=20, capacity=capacity, max_concurrent_per_key=capacity,
-                      recordings=False) as server:
-        yield {"api_key": server.api_key, "api_url": server.url}
 
 
 def main() -> int:
@@ -49,7 +32,7 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="small frames (local server only)")
     args = parser.parse_args()
 
-    with service(args.small, args.envs) as settings:
+    with service_settings(small=args.small, capacity=args.envs) as settings:
         envs = gymnasium.make_vec(
             "odyssey_sync/Odyssey-v0", num_envs=args.envs, vectorization_mode=args.mode,
             **settings, prompt="A busy crossroads seen from above",
