@@ -124,6 +124,7 @@ class FleetResult:
 
     @property
     def observations_per_second(self) -> float:
+        """Observations written per second of the whole run."""
         return self.observations / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -264,7 +265,9 @@ def run_fleet(
         out_dir: where the shards go (created; on a cluster, storage every
             node can write, e.g. a shared file system).
         num_actors: sessions to run in total (each one actor, one env).
-        episodes_per_actor / steps_per_episode: the rollouts of each actor.
+        episodes_per_actor: episodes each actor records (one shard each).
+        steps_per_episode: steps of each episode (it ends earlier when the
+            environment terminates or truncates).
         policy: ``policy(obs, info) -> action`` (``info`` is the env's, plus
             ``actor`` and ``episode``); picklable. ``None``: no-op actions.
             :func:`prompt_schedule` gives a schedule of prompts.

@@ -102,8 +102,9 @@ class OdysseyEnv(gymnasium.Env[Obs, Any]):
             full size (1280×704 landscape, 704×1280 portrait).
         prompts: named interactions, giving a ``Discrete(len(prompts) + 1)``
             action space (0 = no-op).
-        action_space / action_to_prompt: your own space and its mapping to a
-            prompt (``None`` or blank = no-op); give both or neither.
+        action_space: your own action space (with ``action_to_prompt``).
+        action_to_prompt: maps an action of ``action_space`` to a prompt
+            (``None`` or blank = no-op); give both or neither.
         max_prompt_chars: longest text action of the default ``Text`` space.
         max_episode_steps: truncate after this many steps (``None`` = never;
             ``gymnasium.make(max_episode_steps=...)`` does the same with a wrapper).
