@@ -53,9 +53,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import ray
+
+try:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+except ModuleNotFoundError as exc:  # pragma: no cover - only without the extra
+    raise ModuleNotFoundError(
+        f"odyssey_sync.fleet needs Ray and pyarrow ({exc}); pip install \"odyssey-sync[ray]\"",
+        name=exc.name) from exc
 
 from ._batch import MAX_QUEUED_JOBS, BatchItem, BatchResult, prepare_batch, simulate_one
 from ._download import progress_bar

@@ -54,10 +54,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, SupportsFloat
 
-import gymnasium
 import numpy as np
 import numpy.typing as npt
-from gymnasium import spaces
+
+try:
+    import gymnasium
+    from gymnasium import spaces
+except ModuleNotFoundError as exc:  # pragma: no cover - only without the extra
+    raise ModuleNotFoundError(
+        f"odyssey_sync.gym needs Gymnasium ({exc}); pip install \"odyssey-sync[gym]\"",
+        name=exc.name) from exc
 
 from ._frames import VideoFrame
 from ._protocol import MAX_PROMPT_CHARS
