@@ -64,6 +64,8 @@ log = logging.getLogger("odyssey_sync.connection")
 POLL = 0.25
 #: the longest any one teardown step may take when the caller gave no deadline
 STEP_CAP = 5.0
+#: ``ClientConfig.prefer_codec`` → the codec's name in SDP
+_CODEC_NAMES = {"h264": "H264", "vp8": "VP8"}
 
 
 class ConnectionOwner(Protocol):
@@ -343,6 +345,7 @@ class Connection:
                 sink=self._sink,
                 events=_PeerEvents(self),
                 low_latency=self._config.low_latency,
+                prefer_codec=_CODEC_NAMES.get(self._config.prefer_codec or ""),
             )
             self.peer = peer
             try:

@@ -248,6 +248,8 @@ class RtcPeer(_Peer):
         events: the owner's callbacks.
         low_latency: install the complete-frame jitter buffer on each video
             receiver (``odyssey_sync._jitter``).
+        prefer_codec: ``"H264"`` or ``"VP8"``: answer with only that codec when
+            the offer carries it; ``None``: take the offer's first codec.
     """
 
     def __init__(
@@ -257,10 +259,12 @@ class RtcPeer(_Peer):
         sink: FrameSink,
         events: PeerEvents,
         low_latency: bool = True,
+        prefer_codec: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(ice_servers=ice_servers, sink=sink, on_frame=events.frame_written,
                          low_latency=low_latency, clock=clock)
+        self._prefer_codec = prefer_codec
         self._events = events
         self._send_channel: Any = None
         self._has_video = False
@@ -274,6 +278,8 @@ class RtcPeer(_Peer):
     # ----------------------------------------------------------- negotiation
     async def accept_offer(self, sdp: str) -> str:
         """Apply the streamer's offer and return our answer SDP (with candidates)."""
+        if self._prefer_codec is not None and f" {self._prefer_codec}/90000" in sdp:
+            self._prefer(self._prefer_codec)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self.max_message_size = max_message_size_from_sdp(sdp)
         self._install_low_latency()
@@ -282,6 +288,25 @@ class RtcPeer(_Peer):
         await self._pc.setLocalDescription(answer)
         local = self._pc.localDescription
         return str(local.sdp)
+
+    def _prefer(self, codec: str) -> None:
+        """Answer with only ``codec`` (and its RTX); the offer carries it.
+
+        The streamer sends the first codec of our answer and aiortc keeps the
+        offer's order, so choosing means leaving the others out: a receive-only
+        video transceiver with these codec preferences, made before the offer
+        is applied, is the one the offer's video section binds to. Decoding is
+        most of a stream's client cost: H.264 decodes in about a quarter of
+        VP8's time here (PITFALLS), hence the default.
+        """
+        from aiortc import RTCRtpReceiver
+
+        capabilities = RTCRtpReceiver.getCapabilities("video")
+        if capabilities is None:
+            return
+        wanted = f"video/{codec}".lower()
+        chosen = [c for c in capabilities.codecs if c.mimeType.lower() in (wanted, "video/rtx")]
+        self._pc.addTransceiver("video", direction="recvonly").setCodecPreferences(chosen)
 
     async def add_remote_candidate(self, message: dict[str, Any]) -> None:
         """Add a trickled candidate (§4.4); empty ones (end-of-candidates) are skipped."""

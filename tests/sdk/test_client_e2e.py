@@ -372,3 +372,23 @@ def test_start_routing_by_size(client: Odyssey, via_socket: bool) -> None:
     assert client.start_stream(prompt)
     assert (sent == ["interactive_stream_start"]) is via_socket
     client.end_stream()
+
+
+@pytest.mark.parametrize(("prefer", "expected"), [("h264", "H264"), ("vp8", "VP8"),
+                                                  (None, "H264 VP8")])
+def test_the_preferred_codec_is_answered_when_offered(
+    tmp_path: Path, prefer: str | None, expected: str
+) -> None:
+    """An offer with both codecs: the answer keeps only the preferred one (None: both)."""
+    with LocalOdyssey(size=SIZE, fps=15, codec="any", recordings=False,
+                      data_dir=tmp_path) as srv, \
+            Odyssey(srv.api_key, api_url=srv.url, prefer_codec=prefer) as client:
+        client.connect()
+        client.start_stream("codecs", portrait=False)
+        with client.get_latest_frame(timeout=10) as frame:
+            assert frame.width == SIZE[0]
+        conn = client._session.conn
+        assert conn is not None and conn.peer is not None
+        answer = conn.peer.pc.localDescription.sdp
+        answered = sorted(c for c in ("H264", "VP8") if f" {c}/90000" in answer)
+        assert " ".join(answered) == expected
