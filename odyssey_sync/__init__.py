@@ -8,7 +8,8 @@ frames can also be pulled (:meth:`Odyssey.get_latest_frame`,
 
 from __future__ import annotations
 
-from ._frames import FrameRing, VideoFrame, convert_frame, native_available
+from ._batch import BatchItem, BatchResult, simulate_batch
+from ._frames import FrameGeometry, FrameRing, VideoFrame, convert_frame, native_available
 from ._version import __version__
 from .client import ClientStats, Odyssey
 from .config import ClientConfig
@@ -35,6 +36,7 @@ from .types import (
     ClientCredentials,
     ConnectionStatus,
     Recording,
+    ResumeStats,
     SimulationJobDetail,
     SimulationJobInfo,
     SimulationJobsList,
@@ -47,12 +49,15 @@ from .types import (
 
 __all__ = [
     "AccountSuspendedError",
+    "BatchItem",
+    "BatchResult",
     "BroadcastInfo",
     "ClientConfig",
     "ClientCredentials",
     "ClientStats",
     "ConcurrentLimitReachedError",
     "ConnectionStatus",
+    "FrameGeometry",
     "FrameRing",
     "MonthlyLimitReachedError",
     "Odyssey",
@@ -68,6 +73,7 @@ __all__ = [
     "OdysseyUsageError",
     "RateLimitError",
     "Recording",
+    "ResumeStats",
     "SimulationJobDetail",
     "SimulationJobInfo",
     "SimulationJobStatus",
@@ -84,4 +90,5 @@ __all__ = [
     "connect_to_stream",
     "convert_frame",
     "native_available",
+    "simulate_batch",
 ]

@@ -51,6 +51,7 @@ __all__ = [
     "BatchItem",
     "BatchResult",
     "load_scripts",
+    "parse_script",
     "prepare_batch",
     "read_script",
     "simulate_batch",
@@ -117,22 +118,36 @@ def read_script(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     target = Path(path)
     try:
-        data = json.loads(target.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read script {str(target)!r}: {exc.strerror or exc}") from None
+        text = target.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"cannot read script {str(target)!r}: {reason}") from None
+    return parse_script(text, str(target))
+
+
+def parse_script(text: str, source: str) -> dict[str, Any]:
+    """A script's JSON text as keyword arguments of ``Odyssey.simulate``.
+
+    The shapes of :func:`read_script`; ``source`` names the script in errors.
+
+    Raises:
+        ValueError: invalid JSON, or none of those shapes.
+    """
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"script {str(target)!r} is not valid JSON: {exc}") from None
+        raise ValueError(f"script {source!r} is not valid JSON: {exc}") from None
     if isinstance(data, dict):
         keys = [k for k in _SPEC_KEYS if k in data]
         if len(keys) != 1:
-            raise ValueError(f"script {str(target)!r}: an object must have exactly one of "
+            raise ValueError(f"script {source!r}: an object must have exactly one of "
                              "'script', 'scripts', 'script_url'")
         return {keys[0]: data[keys[0]]}
     if isinstance(data, list) and data and all(isinstance(s, list) for s in data):
         return {"scripts": data}
     if isinstance(data, list) and data:
         return {"script": data}
-    raise ValueError(f"script {str(target)!r} must be a non-empty JSON list of entries")
+    raise ValueError(f"script {source!r} must be a non-empty JSON list of entries")
 
 
 def load_scripts(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

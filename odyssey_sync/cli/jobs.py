@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._batch import load_scripts, parse_script, read_script, simulate_batch
 from ..client import Odyssey
 from ..types import (
     SimulationJobDetail,
@@ -25,7 +25,15 @@ from ..types import (
     StreamRecordingsList,
 )
 from .inputs import check_out_path, open_client, safe_file_name
-from .output import EXIT_INTERRUPTED, EXIT_OK, PROG, Output, UsageError, to_jsonable
+from .output import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    PROG,
+    CommandFailed,
+    Output,
+    UsageError,
+    to_jsonable,
+)
 
 __all__ = [
     "cmd_recordings_download",
@@ -44,33 +52,16 @@ _Item = TypeVar("_Item")
 def load_script(path: Path) -> dict[str, Any]:
     """Read a simulation script file (``-`` = stdin) as ``simulate()`` keyword arguments.
 
-    Accepts a list of entries (one script), a list of lists (a batch), or an
-    object with exactly one of ``script``, ``scripts``, ``script_url``.
-    Blocking (file read). Raises :class:`UsageError` for an unreadable file,
-    invalid JSON or another shape; the entries themselves are checked by the SDK.
+    The shapes of :func:`odyssey_sync._batch.parse_script`. Blocking (file
+    read). Raises :class:`UsageError` for an unreadable file, invalid JSON or
+    another shape; the entries themselves are checked by the SDK.
     """
     try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UsageError(f"cannot read script {str(path)!r}: {reason}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"script {str(path)!r} is not valid JSON: {exc}") from None
-    if isinstance(data, dict):
-        keys = [k for k in ("script", "scripts", "script_url") if k in data]
-        if len(keys) != 1:
-            raise UsageError(
-                f"script {str(path)!r}: an object must have exactly one of "
-                "'script', 'scripts', 'script_url'"
-            )
-        return data
-    if isinstance(data, list) and data and all(isinstance(s, list) for s in data):
-        return {"scripts": data}
-    if isinstance(data, list) and data:
-        return {"script": data}
-    raise UsageError(f"script {str(path)!r} must be a non-empty JSON list of entries")
+        if str(path) == "-":
+            return parse_script(sys.stdin.read(), "-")
+        return read_script(path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _download_streams(
@@ -86,6 +77,30 @@ def _download_streams(
     return saved
 
 
+def _simulate_batch(args: argparse.Namespace, out: Output) -> int:
+    """``simulate --batch DIR [--parallel N] [--download OUT]``: every script, queue-limited."""
+    try:
+        load_scripts(args.batch)  # bad scripts are usage errors, before any request
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with open_client(args) as client:
+        result = simulate_batch(client, args.batch, download=args.download,
+                                parallel=args.parallel, portrait=args.portrait,
+                                timeout=args.timeout, progress=True)
+    items = [to_jsonable(item) for item in result.items]
+
+    def human() -> None:
+        for item in result.items:
+            detail = item.error or ", ".join(str(v) for v in item.videos) or ""
+            out.line(f"{item.name}: {item.status}  {item.job_id or ''}  {detail}".rstrip())
+        out.line(f"{len(result.items) - len(result.failed)} of {len(result.items)} completed")
+
+    out.result({"items": items, "ok": result.ok}, human)
+    if not result.ok:
+        raise CommandFailed(f"{len(result.failed)} of {len(result.items)} scripts failed")
+    return EXIT_OK
+
+
 def _still_running(job_id: str, out: Output) -> int:
     out.info(f"{PROG}: interrupted; simulation job {job_id} keeps running on the server.")
     out.info(f"  check it:  {PROG} simulations get {job_id}")
@@ -95,7 +110,11 @@ def _still_running(job_id: str, out: Output) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, out: Output) -> int:
-    """``simulate SCRIPT.json [--wait] [--download DIR]``."""
+    """``simulate SCRIPT.json [--wait] [--download DIR]`` or ``simulate --batch DIR``."""
+    if (args.script is None) == (args.batch is None):
+        raise UsageError("give either SCRIPT.json or --batch DIR")
+    if args.batch is not None:
+        return _simulate_batch(args, out)
     spec = load_script(args.script)
     if args.download is not None and args.download.exists() and not args.download.is_dir():
         raise UsageError(f"--download must be a directory: {str(args.download)!r}")

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from .._version import __version__
 from ..types import SimulationJobStatus
-from . import doctor, jobs, live, local
+from . import doctor, fleet, jobs, live, local
 from .output import EXIT_USAGE, PROG
 
 __all__ = ["build_parser"]
@@ -55,6 +55,13 @@ def _non_negative_int(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise argparse.ArgumentTypeError(f"not a non-negative integer: {text!r}")
     return int(text)
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
+    return value
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -190,9 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_video_outputs(p, show=True)
     p.set_defaults(handler=live.cmd_spectate)
 
-    p = command(sub, "simulate", "submit a simulation job from a JSON script")
-    p.add_argument("script", metavar="SCRIPT.json", type=Path,
+    p = command(sub, "simulate", "submit a simulation job from a JSON script, or a whole batch")
+    p.add_argument("script", metavar="SCRIPT.json", type=Path, nargs="?",
                    help="a script (list of entries) or a batch (list of scripts); '-' = stdin")
+    p.add_argument("--batch", metavar="DIR", type=Path,
+                   help="run every *.json script of DIR, at most 10 queued at once "
+                        "(the service's limit), with one progress bar")
+    p.add_argument("--parallel", metavar="N", type=_positive_int, default=4,
+                   help="with --batch: downloads at once (default: 4)")
     p.add_argument("--wait", action="store_true", help="wait for the job to finish")
     p.add_argument("--download", metavar="DIR", type=Path,
                    help="download the output videos into DIR (implies --wait)")
@@ -200,6 +212,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait with --wait (default: 1800)")
     _add_orientation(p)
     p.set_defaults(handler=jobs.cmd_simulate)
+
+    p = command(sub, "fleet", "run sessions as Ray actors and write their rollouts as Parquet")
+    p.add_argument("--out", metavar="DIR", type=Path, required=True,
+                   help="directory for the Parquet shards (created)")
+    p.add_argument("--actors", metavar="N", type=_positive_int, default=4,
+                   help="sessions to run in total, one actor each (default: 4)")
+    p.add_argument("--max-sessions", metavar="M", type=_positive_int, default=5,
+                   help="at most this many at once: the account's concurrent-stream "
+                        "limit (default: 5, the free tier's)")
+    p.add_argument("--episodes", metavar="E", type=_positive_int, default=1,
+                   help="episodes per actor, one shard each (default: 1)")
+    p.add_argument("--steps", metavar="S", type=_positive_int, default=100,
+                   help="steps per episode (default: 100)")
+    p.add_argument("--prompt", default="A rover crossing a red desert",
+                   help="each episode's starting prompt")
+    p.add_argument("--prompts", metavar="P", nargs="+", default=None,
+                   help="interactions sent in turn, one every --every steps")
+    p.add_argument("--every", metavar="K", type=_positive_int, default=20,
+                   help="steps between the --prompts (default: 20)")
+    p.add_argument("--obs-size", metavar="WxH", type=_size, default=(224, 224),
+                   help="observation size, resized in the native pass (default: 224x224)")
+    p.add_argument("--hz", type=_positive_float, default=10.0,
+                   help="control rate of each environment (default: 10)")
+    p.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="a Ray cluster to join (default: a local Ray runtime)")
+    p.set_defaults(handler=fleet.cmd_fleet)
 
     p = command(sub, "recordings", "list, inspect and download stream recordings")
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)

@@ -12,6 +12,7 @@ import av
 import pytest
 
 from odyssey_sync.local import LocalOdyssey
+from tests.support import simulation_script
 
 pytestmark = pytest.mark.e2e
 
@@ -98,3 +99,47 @@ def test_ctrl_c_while_waiting_names_the_job_and_how_to_follow_it(
         still = run_cli("--json", "--api-url", srv.url, "--api-key", srv.api_key,
                         "simulations", "get", job_id)
         assert json.loads(still.stdout)["status"] == "pending", still.stderr
+
+
+def test_simulate_batch_runs_a_directory_of_scripts(
+    cli_main: Any, jobs_server: LocalOdyssey, tmp_path: Path
+) -> None:
+    api = ["--api-url", jobs_server.url, "--api-key", jobs_server.api_key]
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    for name in ("a", "b", "c"):
+        (scripts / f"{name}.json").write_text(json.dumps(simulation_script(f"scene {name}", 500)))
+    out = tmp_path / "videos"
+    proc = cli_main("--json", *api, "simulate", "--batch", str(scripts), "--parallel", "2",
+                    "--download", str(out), "--landscape")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ok"] and [i["name"] for i in result["items"]] == ["a", "b", "c"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.mp4", "b.mp4", "c.mp4"]
+
+
+def test_simulate_batch_usage_mistakes(cli_main: Any, one_line_error: Any,
+                                       tmp_path: Path) -> None:
+    api = ["--api-url", "http://127.0.0.1:9", "--api-key", "ody_unused"]
+    one_line_error(cli_main(*api, "simulate"), 2)  # neither a script nor --batch
+    (tmp_path / "bad.json").write_text("{not json")
+    one_line_error(cli_main(*api, "simulate", "--batch", str(tmp_path)), 2)
+    one_line_error(cli_main(*api, "simulate", "--batch", str(tmp_path / "none")), 2)
+
+
+@pytest.mark.slow
+def test_fleet_writes_shards_from_the_command_line(
+    run_cli: Any, api: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "rollouts"
+    proc = run_cli("--json", *api, "fleet", "--out", str(out), "--actors", "2",
+                   "--max-sessions", "1", "--steps", "4", "--obs-size", "32x32",
+                   "--prompts", "go left", "go right", "--every", "2", timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["peak_sessions"] == 1 and not result["failures"]
+    assert len(result["shards"]) == 2 and result["observations"] >= 2
+    from odyssey_sync.fleet import ROLLOUT_SCHEMA, read_rollouts
+
+    table = read_rollouts(out)
+    assert table.schema.names == ROLLOUT_SCHEMA.names
