@@ -97,3 +97,19 @@ def test_opencv_viewer_without_a_gui_says_what_is_missing(tmp_path: Path) -> Non
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "no GUI support" in proc.stderr and "pip install opencv-python" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_gym_loop_runs(tmp_path: Path) -> None:
+    proc = run_example("gym_loop.py", "--steps", "10", "--small", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    fields = dict(item.split("=") for item in proc.stdout.strip().splitlines()[-1].split())
+    assert int(fields["steps"]) == 10
+
+
+@pytest.mark.e2e
+def test_vector_env_runs(tmp_path: Path) -> None:
+    proc = run_example("vector_env.py", "--steps", "5", "--small", "--mode", "sync",
+                       cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "observations (2, 84, 84, 3)" in proc.stdout
