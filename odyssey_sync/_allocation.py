@@ -166,7 +166,19 @@ class Allocator:
             return dict(cached[1])
         return self.region_latencies(budget=1.0, deadline=deadline)
 
-    def allocate(self, *, queue_timeout: float, deadline: Deadline) -> Allocation:
+    def _pause(self, seconds: float, cancelled: threading.Event | None) -> None:
+        """Sleep between queue polls; raise at once when the client closes or is cancelled."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._api.wait_closed(min(left, 0.05) if cancelled is not None else left):
+                raise OdysseyConnectionError("client closed while waiting for a streamer")
+            if cancelled is not None and cancelled.is_set():
+                raise OdysseyConnectionError("cancelled while waiting for a streamer")
+
+    def allocate(
+        self, *, queue_timeout: float, deadline: Deadline,
+        cancelled: threading.Event | None = None,
+    ) -> Allocation:
         """Allocate a streamer and fetch its signaling token (PROTOCOL §3.2–3.5).
 
         Blocking, caller's thread. Steps: bearer token → region latencies
@@ -180,6 +192,8 @@ class Allocator:
             queue_timeout: seconds to keep polling while every streamer is
                 busy; ``0`` fails on the first 503.
             deadline: overall limit shared by all the steps.
+            cancelled: set from another thread to stop queueing at once
+                (``disconnect()`` during ``connect()`` or a recovery).
 
         Raises:
             ValueError: no API key, or a negative ``queue_timeout``.
@@ -188,7 +202,7 @@ class Allocator:
             OdysseyQueueTimeoutError: still no streamer after ``queue_timeout``.
             OdysseyTimeoutError: ``deadline`` ran out first.
             OdysseyConnectionError: network failure, 5xx, malformed response,
-                or the client was closed while queued.
+                or the client was closed (or ``cancelled`` set) while queued.
         """
         if isinstance(queue_timeout, bool) or not isinstance(queue_timeout, (int, float)):
             raise TypeError("queue_timeout must be a number of seconds")
@@ -227,8 +241,7 @@ class Allocator:
                     "while waiting for a free streamer"
                 )
             log.debug("all streamers busy; polling again in %.2f s", pause)
-            if self._api.wait_closed(pause):
-                raise OdysseyConnectionError("client closed while waiting for a streamer")
+            self._pause(pause, cancelled)
 
         session_id = body.get("session_id")
         # "signalling_url" (double l) is the wire name; accept the single-l spelling too.

@@ -125,6 +125,7 @@ class Connection:
         self._ice_servers: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready = threading.Event()
+        self._aborted = threading.Event()
         self._ready_error: OdysseyError | None = None
         self._lost_reported = False
         self._lock = threading.Lock()
@@ -169,6 +170,7 @@ class Connection:
                 queue_timeout=self._config.queue_timeout if queue_timeout is None
                 else queue_timeout,
                 deadline=deadline,
+                cancelled=self._aborted,
             )
             sig_url, token = allocation.signaling_url, allocation.session_token
             self.session_id, self.capabilities = allocation.session_id, allocation.capabilities
@@ -183,8 +185,9 @@ class Connection:
         self._wait_ready(deadline)
 
     def abort(self) -> None:
-        """Make a running :meth:`open` fail promptly (any thread)."""
+        """Make a running :meth:`open` fail promptly (any thread), queueing included."""
         self.aborted = True
+        self._aborted.set()
         self._ready.set()
 
     def _check_aborted(self) -> None:

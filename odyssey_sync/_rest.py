@@ -254,9 +254,13 @@ class ApiClient:
         """Region round trips in ms, or ``None``; see :meth:`Allocator.region_latencies`."""
         return self._allocator.region_latencies(budget=budget, deadline=deadline)
 
-    def allocate(self, *, queue_timeout: float, deadline: Deadline) -> Allocation:
+    def allocate(
+        self, *, queue_timeout: float, deadline: Deadline,
+        cancelled: threading.Event | None = None,
+    ) -> Allocation:
         """Allocate a streamer and its signaling token; see :meth:`Allocator.allocate`."""
-        return self._allocator.allocate(queue_timeout=queue_timeout, deadline=deadline)
+        return self._allocator.allocate(queue_timeout=queue_timeout, deadline=deadline,
+                                        cancelled=cancelled)
 
     def session_token(self, session_id: str, deadline: Deadline | None = None) -> tuple[str, int]:
         """``POST /sessions/token``; see :meth:`Allocator.session_token`."""
