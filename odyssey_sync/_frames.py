@@ -230,7 +230,7 @@ class RingStats:
 class _Slot:
     """One preallocated output buffer plus the metadata of the frame in it."""
 
-    __slots__ = ("array", "height", "received_at", "refs", "seq", "source_height",
+    __slots__ = ("array", "height", "received_at", "refs", "seq", "source", "source_height",
                  "source_width", "stream_id", "timestamp_ms", "view", "width")
 
     def __init__(self, shape: tuple[int, int, int]) -> None:
@@ -246,6 +246,8 @@ class _Slot:
         self.timestamp_ms = 0
         self.received_at = 0.0
         self.stream_id: str | None = None
+        #: the decoded picture, kept (not copied) when the ring crops or resizes
+        self.source: av.VideoFrame | None = None
 
 
 class FrameRing:
@@ -430,6 +432,8 @@ class FrameRing:
             slot.received_at = time.monotonic()
             slot.stream_id = stream_id
             self._latest = slot
+            # A reference, not a copy: full_size() converts it only when asked.
+            slot.source = frame if not self._geometry.is_identity else None
             self._written += 1
             self._cond.notify_all()
             return self._seq
@@ -459,6 +463,30 @@ class FrameRing:
             if slot.refs == 1:
                 self._held += 1
         return VideoFrame._lease(self, slot)
+
+    def full_size(self, frame: VideoFrame) -> VideoFrame:
+        """``frame`` (a lease of this ring) at its decoded size: an owned copy.
+
+        Non-blocking, any thread; converts on demand (one full-size conversion).
+        When the ring does not crop or resize, that is a copy of ``frame``;
+        otherwise the decoded picture ``frame`` was made from is converted.
+
+        Raises:
+            RuntimeError: ``frame`` was released.
+            ValueError: ``frame`` is not a lease of this ring.
+        """
+        slot = frame._slot
+        if frame._ring is not self or slot is None:
+            raise ValueError("full_size() takes a frame leased from this ring")
+        if frame.released:
+            raise RuntimeError(f"VideoFrame seq={frame.seq} was released")
+        source = slot.source
+        if source is None:
+            return frame.copy()
+        data = convert_frame(source, self._fmt)
+        return VideoFrame(data, data.shape[1], data.shape[0], frame.timestamp_ms,
+                          seq=frame.seq, received_at=frame.received_at,
+                          stream_id=frame.stream_id)
 
     def wait_newer(self, after_seq: int, timeout: float | None = None) -> VideoFrame | None:
         """Block until a frame with ``seq > after_seq`` is published; lease the newest.

@@ -584,7 +584,8 @@ class Odyssey(OfflineMethods):
         return session
 
     def get_latest_frame(
-        self, timeout: float | None = None, *, max_age: float | None = None
+        self, timeout: float | None = None, *, max_age: float | None = None,
+        full_size: bool = False,
     ) -> VideoFrame:
         """The newest decoded frame, as a zero-copy lease.
 
@@ -594,7 +595,10 @@ class Odyssey(OfflineMethods):
         never wait. ``max_age``: refuse a frame older than that many seconds
         and wait for a fresher one instead (within ``timeout``). After
         :meth:`start_stream` returned, only frames of that stream qualify
-        (``frame.stream_id``).
+        (``frame.stream_id``). ``full_size=True`` (with ``frame_size`` or
+        ``crop`` set): the frame at its decoded size, converted on demand from
+        the kept decoded picture — an owned frame, not a lease (for a preview
+        or ``render()`` beside small observations).
 
         The frame's ``data`` is a read-only view of a ring slot, valid until
         you call ``frame.release()`` (or leave ``with frame:``). Release
@@ -608,8 +612,13 @@ class Odyssey(OfflineMethods):
         """
         wait = check_timeout(timeout)
         age = check_timeout(max_age, "max_age")
+        check_bool("full_size", full_size)
         session = self._frame_session("get_latest_frame")
-        return session.latest_frame(Deadline(wait), age)
+        frame = session.latest_frame(Deadline(wait), age)
+        if not full_size:
+            return frame
+        with frame:
+            return session.ring.full_size(frame)
 
     def frames(self, timeout: float | None = None) -> Iterator[VideoFrame]:
         """Iterate over frames as they arrive (newest first, none twice).

@@ -331,20 +331,20 @@ class OdysseyEnv(gymnasium.Env[Obs, Any]):
         return obs, reward, terminated, truncated, info
 
     def render(self) -> Obs | None:  # type: ignore[override]
-        """The newest frame as the client delivers it (``render_mode="rgb_array"``).
+        """The newest frame at full size (``render_mode="rgb_array"``).
 
         Non-blocking once a stream runs (waits up to ``timeout`` for a first
-        frame). The client converts frames once, at ``obs_size`` when it was
-        given, so that is the size returned then; without ``obs_size`` it is
-        the full picture. ``None`` when ``render_mode`` is ``None``.
+        frame). Observations are made at ``obs_size`` in the native pass; the
+        full-size picture is converted from the kept decoded frame only when
+        ``render()`` asks for it. ``None`` when ``render_mode`` is ``None``.
         """
         if self.render_mode is None:
             return None
         self._require_open()
         if not self._episode_open:
             return np.zeros(self._obs_shape, np.uint8)
-        with self._client.get_latest_frame(timeout=self._timeout) as frame:
-            return np.array(frame.data[..., :3])
+        frame = self._client.get_latest_frame(timeout=self._timeout, full_size=True)
+        return np.array(frame.data[..., :3])
 
     def close(self) -> None:
         """Disconnect (which ends the stream) and join the environment's threads. Idempotent.

@@ -259,6 +259,25 @@ def test_ring_resizes_into_slots_of_the_output_size(rng: np.random.Generator) ->
     assert "geometry=FrameGeometry(size=(16, 12)" in repr(ring)
 
 
+def test_full_size_converts_the_kept_decoded_picture(rng: np.random.Generator) -> None:
+    ring = FrameRing(slots=3, geometry=FrameGeometry((16, 12)))
+    first, second = make_frame(rng, 64, 48), make_frame(rng, 64, 48)
+    ring.write(first, stream_id="s1")
+    held = ring.latest()
+    assert held is not None
+    ring.write(second, stream_id="s1")  # a newer frame does not change the held one's source
+    full = ring.full_size(held)
+    assert (full.width, full.height, full.seq, full.stream_id) == (64, 48, held.seq, "s1")
+    np.testing.assert_array_equal(full.data, convert_frame(first))
+    held.release()
+    with pytest.raises(ValueError, match="this ring"):
+        ring.full_size(full)  # an owned frame, not a lease of the ring
+    plain = FrameRing(slots=3)
+    plain.write(first)
+    with plain.latest() as f:  # type: ignore[union-attr]
+        np.testing.assert_array_equal(plain.full_size(f).data, f.data)
+
+
 def test_fixed_size_ring_keeps_its_slots_across_source_resolutions(
         rng: np.random.Generator) -> None:
     ring = FrameRing(geometry=FrameGeometry((20, 10), None, "bilinear"))

@@ -179,6 +179,16 @@ def test_truncation_reward_and_termination_hooks(server: LocalOdyssey) -> None:
         assert frame.shape == (SIZE[1], SIZE[0], 3) and frame.dtype == np.uint8
     finally:
         env.close()
+    # with small observations, render() still shows the whole picture at full size
+    env = make(server, control_hz=20, obs_size=(48, 32), render_mode="rgb_array")
+    try:
+        obs, _ = env.reset()
+        obs, *_ = env.step("")
+        assert obs.shape == (32, 48, 3)
+        frame = env.render()
+        assert frame.shape == (SIZE[1], SIZE[0], 3) and float(frame.std()) > 1.0
+    finally:
+        env.close()
     env = make(server, control_hz=20, terminate_fn=done)
     try:
         env.reset()
