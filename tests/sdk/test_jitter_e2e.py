@@ -20,7 +20,7 @@ import statistics
 import pytest
 from aiortc.jitterbuffer import JitterBuffer
 
-from benchmarks.bench_latency import Received, run_loopback
+from tests.loopback import Received, run_loopback
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
