@@ -224,26 +224,32 @@ class Resumer:
             self._count(planned=self.stats().planned + 1, last_reason=reason)
             self._goodbye(old, end_stream=False)
             return
-        self._switch.clear()
-        s.feed.expect(new)
-        # As late as possible: the old stream runs on while the new one starts.
-        image = self._next_image(request, old)
-        try:
-            self._start_next(new, request, image)
-        except OdysseyError as exc:
-            s.feed.expect(None)
-            self._release(new)
+        # The user's start_stream/end_stream wait while the next stream starts
+        # and the consumers switch, so the two never interleave.
+        with s.stream_lock:
+            if s.stream is not request:  # the user ended or replaced the stream meanwhile
+                self._release(new)
+                return
+            self._switch.clear()
+            s.feed.expect(new)
+            # As late as possible: the old stream runs on while the new one starts.
+            image = self._next_image(request, old)
+            try:
+                self._start_next(new, request, image)
+                switched = self._wait_switch()
+            except OdysseyError as exc:
+                switched, reason = False, f"{reason} (the next stream did not start: {exc})"
+            if not switched:
+                s.feed.expect(None)
+                self._release(new)
+            else:
+                self._count(planned=self.stats().planned + 1, last_reason=reason)
+                self._reapply(new)
+        if not switched:
             if not self._stopping:
-                self._recover(old, f"{reason} (the next stream did not start: {exc})")
+                self._recover(old, f"{reason} (the next stream showed no frame in time)"
+                              if "did not start" not in reason else reason)
             return
-        if not self._wait_switch():
-            s.feed.expect(None)
-            self._release(new)
-            if not self._stopping:
-                self._recover(old, f"{reason} (the next stream showed no frame)")
-            return
-        self._count(planned=self.stats().planned + 1, last_reason=reason)
-        self._reapply(new)
         self._goodbye(old, end_stream=True)
 
     def _wait_switch(self) -> bool:
@@ -347,16 +353,26 @@ class Resumer:
         s.request("resume start_stream", "start", message, deadline, conn=conn)
 
     def _reapply(self, conn: Connection) -> None:
-        """Apply the last acknowledged interaction to the new stream (best effort)."""
+        """Apply the last acknowledged interaction to the new stream (best effort).
+
+        An interaction the user sent to the old stream while this one was
+        starting is applied too: the loop runs until the last one is current.
+        """
         s = self._s
-        prompt = s.last_interaction
-        if prompt is None:
-            return
-        try:
-            s.request("resume interact", "interact", update_message(prompt),
-                      Deadline(self._cfg.stream_timeout), echo=prompt, conn=conn)
-        except OdysseyError as exc:
-            log.info("%s: could not re-apply the last interaction: %s", s.name, exc)
+        for _ in range(3):  # each pass answers one the user made meanwhile; bounded anyway
+            with s.lock:
+                prompt, on = s.last_interaction, s.last_interaction_on
+            if prompt is None or on is conn:
+                return
+            try:
+                s.request("resume interact", "interact", update_message(prompt),
+                          Deadline(self._cfg.stream_timeout), echo=prompt, conn=conn)
+            except OdysseyError as exc:
+                log.info("%s: could not re-apply the last interaction: %s", s.name, exc)
+                return
+            with s.lock:
+                if s.last_interaction == prompt:
+                    s.last_interaction_on = conn
 
     def _next_image(self, request: StreamRequest, conn: Connection) -> str | None:
         """The next stream's start picture: the last frame, or the original image."""

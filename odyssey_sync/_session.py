@@ -14,6 +14,7 @@ first frame of a started stream (make before break).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -155,6 +156,8 @@ class Session:
         self.stream_ids: list[str] = []
         self.stream: StreamRequest | None = None
         self.last_interaction: str | None = None
+        #: the connection whose stream acknowledged ``last_interaction``
+        self.last_interaction_on: Connection | None = None
         self.last_applied_prompt: str | None = None
         #: pull API: frames of this stream only (None: any frame)
         self.want_stream: str | None = None
@@ -165,6 +168,8 @@ class Session:
         #: why the session ended on its own (the server or the network), if it did
         self.lost: str | None = None
         self._teardown: threading.Thread | None = None
+        #: held by a user's start_stream/end_stream and by a handover's switch
+        self.stream_lock = threading.Lock()
 
     # ----------------------------------------------------------------- state
     @property
@@ -303,13 +308,26 @@ class Session:
             request.prompt, portrait=request.portrait, image_data_url=request.image_data_url,
             broadcast=request.broadcast, bypass_prompt_expansion=request.bypass_prompt_expansion,
         )
-        stream_id: str = self.request("start_stream", "start", message, deadline)
-        with self.lock:
-            self.stream = request
-            self.last_interaction = None
-            self.want_stream = stream_id
-            self.changed.notify_all()
+        with self.stream_changes(deadline, "start_stream"):
+            stream_id: str = self.request("start_stream", "start", message, deadline)
+            with self.lock:
+                self.stream = request
+                self.last_interaction = None
+                self.want_stream = stream_id
+                self.changed.notify_all()
         return stream_id
+
+    @contextlib.contextmanager
+    def stream_changes(self, deadline: Deadline, what: str) -> Iterator[None]:
+        """Hold the stream lock: a user's start/end and a handover never interleave."""
+        left = deadline.remaining()
+        if not self.stream_lock.acquire(timeout=-1 if left is None else left):
+            raise OdysseyTimeoutError(
+                f"{what}: a stream handover was still running after {deadline.timeout:g} s")
+        try:
+            yield
+        finally:
+            self.stream_lock.release()
 
     def interact(self, prompt: str, deadline: Deadline) -> str:
         conn = self.ready_connection("interact", deadline)
@@ -324,15 +342,17 @@ class Session:
                                 echo=prompt)
         with self.lock:
             self.last_interaction = prompt
+            self.last_interaction_on = self.conn
         return ack
 
     def end_stream(self, deadline: Deadline) -> None:
-        with self.lock:
-            self.stream = None  # a resume must not start it again
-        self.request("end_stream", "end", end_message(), deadline)
-        with self.lock:
-            self.want_stream = None
-            self.last_interaction = None
+        with self.stream_changes(deadline, "end_stream"):
+            with self.lock:
+                self.stream = None  # a resume must not start it again
+            self.request("end_stream", "end", end_message(), deadline)
+            with self.lock:
+                self.want_stream = None
+                self.last_interaction = None
 
     # ------------------------------------------------------ connection events
     def connection_event(self, conn: Connection, event: StreamerEvent) -> None:
