@@ -229,6 +229,21 @@ class _NativeConverter(_Converter):
                 f"{plan.out_width}×{plan.out_height})")
 
 
+def _plane_views(
+    y: Any, y_stride: int, u: Any, v: Any, c_stride: int, nv12: bool, width: int, height: int,
+) -> tuple[U8Array, U8Array, U8Array]:
+    """Zero-copy 2-D views of the Y, U and V planes (NV12: U and V interleaved)."""
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    yy = np.ndarray((height, width), np.uint8, buffer=y, strides=(y_stride, 1))
+    if nv12:
+        uu = np.ndarray((ch, cw), np.uint8, buffer=u, strides=(c_stride, 2))
+        vv = np.ndarray((ch, cw), np.uint8, buffer=u, offset=1, strides=(c_stride, 2))
+    else:
+        uu = np.ndarray((ch, cw), np.uint8, buffer=u, strides=(c_stride, 1))
+        vv = np.ndarray((ch, cw), np.uint8, buffer=v, strides=(c_stride, 1))
+    return yy, uu, vv
+
+
 class _NumpyConverter(_Converter):
     name = "numpy"
 
@@ -239,14 +254,8 @@ class _NumpyConverter(_Converter):
         width: int, height: int,
         out: U8Array, fmt: str, matrix: int, full_range: bool,
     ) -> None:
-        cw, ch = (width + 1) // 2, (height + 1) // 2
-        yy = np.ndarray((height, width), np.uint8, buffer=y, strides=(y_stride, 1))
-        if nv12:
-            uu = np.ndarray((ch, cw), np.uint8, buffer=u, strides=(c_stride, 2))
-            vv = np.ndarray((ch, cw), np.uint8, buffer=u, offset=1, strides=(c_stride, 2))
-        else:
-            uu = np.ndarray((ch, cw), np.uint8, buffer=u, strides=(c_stride, 1))
-            vv = np.ndarray((ch, cw), np.uint8, buffer=v, strides=(c_stride, 1))
+        yy, uu, vv = _plane_views(y, y_stride, u, v, c_stride, nv12, width, height)
+        ch, cw = uu.shape
         yc, yoff, vr, ub, ug, vg = _coefficients(matrix, full_range)
         # Same terms as the SIMD code: inputs << 3, offsets removed, (a*b) >> 16 each.
         lum32 = yy.astype(np.int32)
@@ -286,14 +295,7 @@ class _NumpyConverter(_Converter):
         out: U8Array, fmt: str, matrix: int, full_range: bool,
         plan: ResamplePlan,
     ) -> None:
-        cw, ch = (width + 1) // 2, (height + 1) // 2
-        yy = np.ndarray((height, width), np.uint8, buffer=y, strides=(y_stride, 1))
-        if nv12:
-            uu = np.ndarray((ch, cw), np.uint8, buffer=u, strides=(c_stride, 2))
-            vv = np.ndarray((ch, cw), np.uint8, buffer=u, offset=1, strides=(c_stride, 2))
-        else:
-            uu = np.ndarray((ch, cw), np.uint8, buffer=u, strides=(c_stride, 1))
-            vv = np.ndarray((ch, cw), np.uint8, buffer=v, strides=(c_stride, 1))
+        yy, uu, vv = _plane_views(y, y_stride, u, v, c_stride, nv12, width, height)
         lum = resample_plane(yy, plan.luma_x, plan.luma_y)
         cb = resample_plane(uu, plan.chroma_x, plan.chroma_y) - 128.0
         cr = resample_plane(vv, plan.chroma_x, plan.chroma_y) - 128.0
