@@ -234,21 +234,22 @@ class Resumer:
             s.feed.expect(new)
             # As late as possible: the old stream runs on while the new one starts.
             image = self._next_image(request, old)
+            failure: str | None = None
             try:
                 self._start_next(new, request, image)
-                switched = self._wait_switch()
+                if not self._wait_switch():
+                    failure = "the next stream showed no frame in time"
             except OdysseyError as exc:
-                switched, reason = False, f"{reason} (the next stream did not start: {exc})"
-            if not switched:
-                s.feed.expect(None)
-                self._release(new)
-            else:
+                failure = f"the next stream did not start: {exc}"
+            if failure is None:
                 self._count(planned=self.stats().planned + 1, last_reason=reason)
                 self._reapply(new)
-        if not switched:
+            else:
+                s.feed.expect(None)
+                self._release(new)
+        if failure is not None:
             if not self._stopping:
-                self._recover(old, f"{reason} (the next stream showed no frame in time)"
-                              if "did not start" not in reason else reason)
+                self._recover(old, f"{reason} ({failure})")
             return
         self._goodbye(old, end_stream=True)
 
