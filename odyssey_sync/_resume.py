@@ -155,6 +155,8 @@ class Resumer:
                 if self._stopping:
                     return
                 lost, self._lost = self._lost, None
+                if lost is not None and lost[0] is not self._s.conn:
+                    lost = None  # an old connection ending after its handover: nothing to do
                 if lost is None:
                     planned = self._due()
                     if planned is None:

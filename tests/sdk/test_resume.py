@@ -247,3 +247,19 @@ def test_calls_after_the_server_ended_the_session_say_the_connection_was_lost(
         assert ended.wait(10)
         with pytest.raises(OdysseyStreamError, match="connection was lost"):
             client.end_stream()
+
+
+def test_a_late_handover_still_continues_the_session(server: LocalOdyssey) -> None:
+    """The old stream ends before the handover is done: one session goes on, no fatal error."""
+    seen = Statuses()
+    with _client(server, handover_lead=0.05) as client:
+        client.connect(**seen.callbacks())
+        client.start_stream("cutting it close")
+        end = time.monotonic() + 8.0
+        for _frame in client.frames(timeout=5.0):
+            if time.monotonic() > end:
+                break
+        assert client.is_connected
+        assert len(client.stream_ids) >= 3
+        assert len(set(client.stream_ids)) == len(client.stream_ids)
+    assert not [e for e, fatal in seen.errors if fatal]
